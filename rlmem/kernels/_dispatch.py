@@ -40,6 +40,4 @@ def check_shape(name: str, x: torch.Tensor | None, expected: tuple, letters: str
         return
     if tuple(x.shape) != tuple(expected):
         dims = ", ".join(letters)
-        raise ValueError(
-            f"{name} must have shape [{dims}] = {list(expected)}, got {list(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape [{dims}] = {list(expected)}, got {list(x.shape)}")

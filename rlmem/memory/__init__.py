@@ -1,15 +1,23 @@
 """Memory cores: every core of the HQLT paper behind one contract (see `base.MemoryCore`).
 
-    core = make_core("hqlt-sync", d_model=128, n_layers=2, window=64)
-    y, state = core(x, state, resets)          # parallel over T
-    y_t, state = core.step(x_t, state, resets_t)  # one token per row
+core = make_core("hqlt-sync", d_model=128, n_layers=2, window=64)
+y, state = core(x, state, resets)          # parallel over T
+y_t, state = core.step(x_t, state, resets_t)  # one token per row
 """
 
 from __future__ import annotations
 
 import inspect
 
+from rlmem.memory.attention import TransformerCore
 from rlmem.memory.base import MemoryCore, Mixer
+from rlmem.memory.fastweight import DeltaNetCore, LinearCore
+from rlmem.memory.hqlt import (
+    HQLTDelayedChunkCore,
+    HQLTDelayedStreamCore,
+    HQLTSyncCore,
+    HQLTSyncLinearCore,
+)
 from rlmem.memory.recurrent import GRUCore, LSTMCore, MLPCore
 from rlmem.memory.state import (
     State,
@@ -31,6 +39,13 @@ CORES: dict[str, type[MemoryCore]] = {
     "mlp": MLPCore,
     "gru": GRUCore,
     "lstm": LSTMCore,
+    "transformer": TransformerCore,
+    "linear": LinearCore,
+    "deltanet": DeltaNetCore,
+    "hqlt-delayed-stream": HQLTDelayedStreamCore,
+    "hqlt-delayed-chunk": HQLTDelayedChunkCore,
+    "hqlt-sync": HQLTSyncCore,
+    "hqlt-sync-linear": HQLTSyncLinearCore,
 }
 
 

@@ -41,7 +41,8 @@ class Mixer(nn.Module):
     """A token mixer: the part of a block that moves information across time.
 
     Subclasses implement `initial_state`, `forward` (parallel over T, honouring `resets`) and
-    `step` (one token; the caller has already reset the rows that start an episode).
+    may override `step` (one token; the caller has already reset the rows that start an
+    episode), which defaults to `forward` over a length-1 sequence.
     """
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -53,7 +54,9 @@ class Mixer(nn.Module):
         raise NotImplementedError
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        raise NotImplementedError
+        no_resets = torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)
+        y, state = self.forward(x[:, None], state, no_resets)
+        return y[:, 0], state
 
 
 class Block(nn.Module):

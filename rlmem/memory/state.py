@@ -29,11 +29,11 @@ def tree_map(fn: Callable[..., torch.Tensor], tree: State, *others: State) -> St
 
 
 def tree_leaves(tree: State) -> list[torch.Tensor]:
-    """All tensors of a pytree in a fixed order."""
+    """All tensors of a pytree in a fixed order (dict entries by sorted key)."""
     if isinstance(tree, torch.Tensor):
         return [tree]
     if isinstance(tree, dict):
-        return [leaf for key in tree for leaf in tree_leaves(tree[key])]
+        return [leaf for key in sorted(tree) for leaf in tree_leaves(tree[key])]
     if isinstance(tree, (list, tuple)):
         return [leaf for t in tree for leaf in tree_leaves(t)]
     raise TypeError(f"state leaves must be tensors, dicts, lists or tuples, got {type(tree)}")
@@ -89,7 +89,9 @@ def clone_state(state: State) -> State:
 
 def state_to(state: State, device: torch.device | str | None = None, **kwargs: Any) -> State:
     """Moves every leaf (same arguments as `Tensor.to`); integer leaves keep their dtype."""
-    return tree_map(lambda x: x.to(device, **kwargs) if x.is_floating_point() else x.to(device), state)
+    return tree_map(
+        lambda x: x.to(device, **kwargs) if x.is_floating_point() else x.to(device), state
+    )
 
 
 def cat_states(states: Sequence[State], dim: int = 0) -> State:

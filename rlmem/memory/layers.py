@@ -1,0 +1,172 @@
+"""Pieces shared by the attention-family mixers: RoPE, short convolutions with resets, KV
+buffers, the output mixers of the two memories and the per-head output path."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rlmem.memory.base import segment_ids
+
+MIXERS = ("sum", "scalar", "dynamic-scalar", "vector", "separate")
+
+
+def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding, rotate-half convention, over the full head dim.
+
+    x [B, T, H, D] (D even), pos [B, T] int -> [B, T, H, D] in x.dtype.
+    """
+    D = x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
+    angles = pos.float()[..., None] * inv_freq  # [B, T, D/2]
+    cos = torch.cat([angles.cos(), angles.cos()], -1)[:, :, None]
+    sin = torch.cat([angles.sin(), angles.sin()], -1)[:, :, None]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * cos + rotated * sin).to(x.dtype)
+
+
+def shift_in(buffer: torch.Tensor, new: torch.Tensor, count: torch.Tensor, resets: torch.Tensor):
+    """Appends `new` to a right-aligned buffer, keeping its last L entries of this episode.
+
+    buffer [B, L, ...] (oldest first), new [B, T, ...], count int [B] valid entries of
+    `buffer`, resets bool [B, T]. Returns (buffer [B, L, ...], count [B]); entries from before
+    the last reset or beyond `count` are zero, so equal histories give equal buffers.
+    """
+    L, T = buffer.shape[1], new.shape[1]
+    if L == 0:
+        return buffer, count
+    full = torch.cat([buffer, new.to(buffer.dtype)], dim=1)[:, -L:]
+    idx = torch.arange(T, device=new.device)
+    last_reset = torch.where(resets, idx, torch.full_like(idx, -1)).amax(dim=1)  # [B]
+    count = torch.where(last_reset >= 0, T - last_reset, count + T).clamp(max=L)
+    slot = torch.arange(L, device=new.device)
+    valid = slot[None, :] >= (L - count)[:, None]
+    return full * valid.view(*valid.shape, *([1] * (full.dim() - 2))), count
+
+
+class ShortConv(nn.Module):
+    """Depthwise causal convolution (no bias) whose taps never reach across a reset.
+
+    State: the last kernel-1 inputs [B, kernel-1, C] (zeros at an episode start).
+    """
+
+    def __init__(self, channels: int, kernel: int = 4):
+        super().__init__()
+        self.kernel = kernel
+        self.weight = nn.Parameter(torch.empty(channels, kernel))
+        nn.init.uniform_(self.weight, -(kernel**-0.5), kernel**-0.5)
+
+    def initial_state(self, batch_size, device=None):
+        return torch.zeros(batch_size, self.kernel - 1, self.weight.shape[0], device=device)
+
+    def forward(self, x, state, resets):
+        """x [B, T, C], state [B, kernel-1, C], resets [B, T] -> (y [B, T, C], state).
+        (A step is the same call with T = 1.)"""
+        K, T = self.kernel, x.shape[1]
+        xs = torch.cat([state.to(x.dtype), x], dim=1)  # [B, K-1+T, C]
+        seg = segment_ids(resets)
+        seg_all = torch.cat([seg.new_zeros(seg.shape[0], K - 1), seg], dim=1)
+        y = 0
+        for i in range(K):  # tap i reads the input i steps back
+            tap = xs[:, K - 1 - i : K - 1 - i + T]
+            same = (seg_all[:, K - 1 - i : K - 1 - i + T] == seg)[..., None]
+            y = y + tap * same * self.weight[:, K - 1 - i].to(x.dtype)
+        keep = (seg_all[:, -(K - 1) :] == seg[:, -1:])[..., None] if K > 1 else None
+        new_state = xs[:, -(K - 1) :] * keep if K > 1 else state
+        return y, new_state.to(state.dtype)
+
+
+class MemoryMixing(nn.Module):
+    """Blends the FW-memory and KV-memory outputs of an HQLT layer (PAPER.md §2.4).
+
+    sum: o = o_fw + o_kv; scalar: two learnable scalars; dynamic-scalar: per-head sigmoid
+    pair from x; vector (default): convex per-channel sigmoid gate; separate: two gates.
+    """
+
+    def __init__(self, kind: str, d_model: int, n_heads: int):
+        super().__init__()
+        if kind not in MIXERS:
+            raise ValueError(f"unknown mixer {kind!r}; valid mixers: {', '.join(MIXERS)}")
+        self.kind, self.n_heads = kind, n_heads
+        if kind == "scalar":
+            self.scales = nn.Parameter(torch.ones(2))
+        elif kind == "dynamic-scalar":
+            self.proj = nn.Linear(d_model, 2 * n_heads, bias=False)
+        elif kind == "vector":
+            self.proj = nn.Linear(d_model, d_model, bias=False)
+        elif kind == "separate":
+            self.proj = nn.Linear(d_model, 2 * d_model, bias=False)
+
+    def forward(self, o_fw: torch.Tensor, o_kv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o_fw, o_kv [..., H, d]; x [..., D] -> [..., H, d]."""
+        H, d = o_fw.shape[-2:]
+        if self.kind == "sum":
+            return o_fw + o_kv
+        if self.kind == "scalar":
+            return self.scales[0] * o_fw + self.scales[1] * o_kv
+        gates = torch.sigmoid(self.proj(x))
+        if self.kind == "dynamic-scalar":
+            a_fw, a_kv = gates.unflatten(-1, (2, H))[..., None].unbind(-3)
+            return a_fw * o_fw + a_kv * o_kv
+        if self.kind == "vector":
+            g = gates.unflatten(-1, (H, d))
+            return g * o_fw + (1 - g) * o_kv
+        g_fw, g_kv = gates.unflatten(-1, (2, H, d)).unbind(-3)
+        return g_fw * o_fw + g_kv * o_kv
+
+
+class HeadOutput(nn.Module):
+    """Per-head RMSNorm (or gated RMSNorm: RMSNorm(o) * SiLU(W_g x)), then W_o."""
+
+    def __init__(self, d_model: int, n_heads: int, output_gate: bool):
+        super().__init__()
+        self.norm = nn.RMSNorm(d_model // n_heads, eps=1e-6)
+        self.gate = nn.Linear(d_model, d_model, bias=False) if output_gate else None
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """o [..., H, d], x [..., D] -> [..., D]"""
+        o = self.norm(o.to(x.dtype)).flatten(-2)
+        if self.gate is not None:
+            o = o * F.silu(self.gate(x))
+        return self.out_proj(o)
+
+
+class QKVProjection(nn.Module):
+    """q, k, v (and optionally beta) projections, no biases, with an optional short conv.
+
+    Returns per-head tensors q, k, v [B, T, H, d] before any feature map, and beta [B, T, H]
+    (sigmoid, times 2 when `beta_range` is 2).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        short_conv: bool = False,
+        beta_range: int | None = None,
+        conv_kernel: int = 4,
+    ):
+        super().__init__()
+        if beta_range not in (None, 1, 2):
+            raise ValueError(f"beta_range must be 1 or 2, got {beta_range!r}")
+        self.n_heads, self.beta_range = n_heads, beta_range
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.conv = ShortConv(3 * d_model, conv_kernel) if short_conv else None
+        self.beta = nn.Linear(d_model, n_heads, bias=False) if beta_range else None
+
+    def initial_state(self, batch_size, device=None):
+        return {"conv": self.conv.initial_state(batch_size, device)} if self.conv else {}
+
+    def forward(self, x, state, resets):
+        qkv = self.qkv(x)
+        if self.conv is not None:
+            qkv, conv_state = self.conv(qkv, state["conv"], resets)
+            state = {"conv": conv_state}
+        q, k, v = qkv.unflatten(-1, (3, self.n_heads, -1)).unbind(-3)
+        beta = None
+        if self.beta is not None:
+            beta = self.beta_range * torch.sigmoid(self.beta(x).float())
+        return q, k, v, beta, state
