@@ -127,14 +127,23 @@ class HQLTMixer(Mixer):
             for name, buf in kv.items()
         }
 
-    def _finish(self, o_fw, o_kv, x, state, proj_state, fw, kv, pos):
-        o = self.mixing(o_fw.to(o_kv.dtype), o_kv, x)
-        new_state = {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
-        return self.out(o, x), new_state
+    def _new_entries(self, k_kv, v, k, beta):
+        """What this call adds to the KV buffers, [B, T, ...] each."""
+        new = {"k": k_kv, "v": v}
+        if self.variant in ("delayed-stream", "delayed-chunk"):
+            new["k_raw"] = k
+        if self.variant == "delayed-chunk":
+            new["beta"] = beta
+        return new
 
     # -- parallel form ------------------------------------------------------------------------
 
     def forward(self, x, state, resets):
+        o_fw, o_kv, state = self.memories(x, state, resets)
+        return self.out(self.mixing(o_fw.to(o_kv.dtype), o_kv, x), x), state
+
+    def memories(self, x, state, resets):
+        """Both memories' outputs before mixing: o_fw, o_kv [B, T, H, d] and the new state."""
         q, k, v, beta, q_kv, k_kv, pos, proj_state = self._inputs(x, state, resets)
         kv = state["kv"]
         o_kv = self._attend(q_kv, k_kv, v, kv, resets, pos)
@@ -150,13 +159,8 @@ class HQLTMixer(Mixer):
             o_fw, fw = self._stream_fw(q, k, v, beta, state["fw"], kv, resets)
         else:
             o_fw, fw = self._chunk_fw(q, k, v, beta, state["fw"], kv, resets, pos)
-        new = {"k": k_kv, "v": v}
-        if self.variant in ("delayed-stream", "delayed-chunk"):
-            new["k_raw"] = k
-        if self.variant == "delayed-chunk":
-            new["beta"] = beta
-        kv = self._push(kv, new, resets, pos)
-        return self._finish(o_fw, o_kv, x, state, proj_state, fw, kv, pos)
+        kv = self._push(kv, self._new_entries(k_kv, v, k, beta), resets, pos)
+        return o_fw, o_kv, {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
 
     def _stream_fw(self, q, k, v, beta, fw, kv, resets):
         """At t, write the pair of t-S (from the buffer or this call) with beta_t, then read."""
@@ -229,16 +233,12 @@ class HQLTMixer(Mixer):
             o_fw, fw = delta_rule_step(F.silu(q), k_old, kv["v"][:, 0].to(v.dtype), beta, fw)
         else:
             o_fw, fw = self._chunk_step(q, k, v, beta, fw, kv)
-        new = {"k": k_kv, "v": v[:, None]}
-        if self.variant in ("delayed-stream", "delayed-chunk"):
-            new["k_raw"] = k[:, None]
-        if self.variant == "delayed-chunk":
-            new["beta"] = beta[:, None]
-        kv = self._push(kv, new, no_resets, pos)
-        y, state = self._finish(
-            o_fw[:, None], o_kv[:, None], x[:, None], state, proj_state, fw, kv, pos
+        new = self._new_entries(
+            k_kv, v[:, None], k[:, None], beta[:, None] if beta is not None else None
         )
-        return y[:, 0], state
+        kv = self._push(kv, new, no_resets, pos)
+        o = self.mixing(o_fw.to(o_kv.dtype), o_kv, x)
+        return self.out(o, x), {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
 
     def _chunk_step(self, q, k, v, beta, fw, kv):
         """Read the chunk-start state; when this token completes the chunk, write it all."""
