@@ -151,3 +151,10 @@ def test_linear_attention_matches_step_loop():
         outs.append(o_t)
     assert_close("o", o, torch.stack(outs, 1))
     assert_close("state", s, state)
+
+
+@pytest.mark.parametrize("window", [37, 64])
+def test_sliding_window_without_history_or_resets_is_plain_causal_attention(window):
+    q, k, v = torch.randn(2, 37, 2, 8), torch.randn(2, 37, 2, 8), torch.randn(2, 37, 2, 5)
+    o = sliding_window_attention(q, k, v, window=window, impl="torch")
+    assert_close("o", o, sliding_window_attention_loop(q, k, v, window=window))
