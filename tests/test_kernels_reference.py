@@ -158,3 +158,15 @@ def test_sliding_window_without_history_or_resets_is_plain_causal_attention(wind
     q, k, v = torch.randn(2, 37, 2, 8), torch.randn(2, 37, 2, 8), torch.randn(2, 37, 2, 5)
     o = sliding_window_attention(q, k, v, window=window, impl="torch")
     assert_close("o", o, sliding_window_attention_loop(q, k, v, window=window))
+
+
+@pytest.mark.parametrize("window", [1, 4])
+def test_single_query_decode_matches_loop(window):
+    B, H, K = 4, 2, 8
+    q, k, v = torch.randn(B, 1, H, K), torch.randn(B, 1, H, K), torch.randn(B, 1, H, 5)
+    pk, pv = torch.randn(B, window - 1, H, K), torch.randn(B, window - 1, H, 5)
+    plen = torch.tensor([0, window - 1, (window - 1) // 2, window - 1])
+    resets = torch.tensor([[False], [False], [False], [True]])
+    kw = dict(window=window, resets=resets, prefix_k=pk, prefix_v=pv, prefix_len=plen)
+    o = sliding_window_attention(q, k, v, impl="torch", **kw)
+    assert_close("o", o, sliding_window_attention_loop(q, k, v, **kw))

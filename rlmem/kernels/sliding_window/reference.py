@@ -47,6 +47,8 @@ def sliding_window_attention_reference(
         prefix_len = torch.zeros(B, dtype=torch.long, device=q.device)
     if resets is None:
         resets = torch.zeros(B, T, dtype=torch.bool, device=q.device)
+    if T == 1:
+        return _decode(q, k, v, prefix_k, prefix_v, prefix_len, resets, scale)
     if window >= T and not bool(resets[:, 1:].any()) and not bool(prefix_len.any()):
         # Plain causal attention (e.g. a full-context model on a fresh context): SDPA is exact
         # and uses the flash / memory-efficient kernels where it can.
@@ -113,3 +115,17 @@ def sliding_window_attention_loop(
             s = torch.einsum("hk,nhk->hn", q[b, t].double(), ks) * scale
             out[b, t] = torch.einsum("hn,nhv->hv", s.softmax(-1), vs)
     return out.to(v.dtype)
+
+
+def _decode(q, k, v, prefix_k, prefix_v, prefix_len, resets, scale):
+    """One query per row over [prefix, itself]: no blocking, no host synchronisation."""
+    P = prefix_k.shape[1]
+    keys = torch.cat([prefix_k.to(k.dtype), k], 1).float()  # [B, P+1, H, K]
+    vals = torch.cat([prefix_v.to(v.dtype), v], 1).float()
+    slot = torch.arange(P + 1, device=q.device)
+    n = torch.where(resets[:, 0], 0, prefix_len.to(q.device))
+    valid = slot[None, :] >= (P - n)[:, None]  # the current key (slot P) is always valid
+    scores = torch.einsum("bhk,bshk->bhs", q[:, 0].float(), keys) * scale
+    scores = scores.masked_fill(~valid[:, None], float("-inf"))
+    o = torch.einsum("bhs,bshv->bhv", torch.softmax(scores, -1), vals)
+    return o[:, None].to(v.dtype)
