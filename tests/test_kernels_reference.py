@@ -170,3 +170,16 @@ def test_single_query_decode_matches_loop(window):
     kw = dict(window=window, resets=resets, prefix_k=pk, prefix_v=pv, prefix_len=plen)
     o = sliding_window_attention(q, k, v, impl="torch", **kw)
     assert_close("o", o, sliding_window_attention_loop(q, k, v, **kw))
+
+
+def test_sliding_window_gradients_are_finite_and_exact_when_t_is_not_a_block_multiple():
+    B, T, H, K, W = 2, 70, 2, 4, 8
+    q, k, v = (torch.randn(B, T, H, K, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    resets = random_resets(B, T)
+    grads = []
+    for fn in (sliding_window_attention, sliding_window_attention_loop):
+        kw = {"impl": "torch"} if fn is sliding_window_attention else {}
+        o = fn(q, k, v, window=W, resets=resets, **kw)
+        grads.append(torch.autograd.grad((o * o).sum(), [q, k, v]))
+    for name, g, g_ref in zip("qkv", *grads):
+        assert_close(f"d{name}", g, g_ref)

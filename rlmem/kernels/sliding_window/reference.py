@@ -83,6 +83,8 @@ def sliding_window_attention_reference(
     band = (b >= a) & (b <= a + P)  # [Bq, span]
     same_episode = seg_k[:, :, None, :] == seg_q.view(B, N, Bq, 1)
     allowed = band & same_episode & valid_k[:, :, None, :]  # [B, N, Bq, span]
+    # Padded query rows (past T) keep one key, so their softmax and its gradient stay finite.
+    allowed = allowed | ((seg_q.view(B, N, Bq, 1) == -2) & (b == a))
 
     scores = torch.einsum("bnqhk,bnhks->bnhqs", qb, keys) * scale
     scores = scores.masked_fill(~allowed[:, :, None], float("-inf"))

@@ -1,0 +1,391 @@
+"""GPU checks and timings of rlmem's Triton kernels against the references and the peers of
+../shared/docs/BENCHMARKS.md.
+
+    python benchmarks/kernels.py check   # realistic sizes: bf16 vs fp32 reference, fp32, fla
+    python benchmarks/kernels.py bench   # do_bench medians vs fla / flex_attention
+
+`check` prints one line per comparison (relative RMS error and the bound) and exits 1 on a
+failure; `bench` prints a table of medians (ms) with the ratio peer / ours (> 1: we win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from rlmem.kernels.delta_rule.reference import delta_rule_chunked, delta_rule_step_reference
+from rlmem.kernels.delta_rule.triton_chunk import delta_rule_triton
+from rlmem.kernels.delta_rule.triton_step import delta_rule_step_triton
+from rlmem.kernels.sliding_window.reference import sliding_window_attention_reference
+from rlmem.kernels.sliding_window.triton import sliding_window_attention_triton
+
+DEV = "cuda"
+FAILS: list[str] = []
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if torch.isnan(a).any():
+        return float("nan")
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def report(name: str, err: float, bound: float) -> None:
+    ok = err < bound  # NaN fails
+    if not ok:
+        FAILS.append(name)
+    print(f"{'ok  ' if ok else 'FAIL'} {name:48s} rel {err:9.2e}  (< {bound:.0e})", flush=True)
+
+
+def _delta_inputs(B, T, H, K, V, dtype, resets_p=0.0, h0=True, seed=0):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    q, k = (torch.randn(B, T, H, K, device=DEV, generator=g).to(dtype) for _ in range(2))
+    v = torch.randn(B, T, H, V, device=DEV, generator=g).to(dtype)
+    beta = torch.rand(B, T, H, device=DEV, generator=g).to(dtype)
+    s0 = torch.randn(B, H, K, V, device=DEV, generator=g) if h0 else None
+    r = (torch.rand(B, T, device=DEV, generator=g) < resets_p) if resets_p else None
+    if r is not None:
+        r[0, 64] = True  # one reset exactly on a chunk boundary
+        r[-1, 0] = True
+    return q, k, v, beta, s0, r
+
+
+def _grads(out, inputs, seed=1):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    cot = [torch.randn(o.shape, device=DEV, generator=g) for o in out]
+    loss = sum((o.float() * c).sum() for o, c in zip(out, cot))
+    return torch.autograd.grad(loss, [x for x in inputs if x is not None])
+
+
+def check_delta(dtype, tol, K=64, V=64, T=1000, B=2, H=4):
+    q, k, v, beta, s0, r = _delta_inputs(B, T, H, K, V, dtype, resets_p=0.01)
+    leaves = [x.requires_grad_() for x in (q, k, v, beta, s0)]
+    o, ht = delta_rule_triton(
+        q, k, v, beta, initial_state=s0, resets=r, scale=None, l2norm_qk=True,
+        output_final_state=True,
+    )  # fmt: skip
+    ref = delta_rule_chunked(*(x.float() for x in (q, k, v, beta)), s0, r, None, True)
+    tag = f"delta {str(dtype)[6:]} K{K} V{V} T{T} resets"
+    report(f"{tag} o", rel(o, ref[0]), tol)
+    report(f"{tag} final", rel(ht, ref[1]), tol)
+    gs = _grads((o, ht), leaves)
+    gr = _grads(ref, leaves)
+    for n, a, b in zip(["dq", "dk", "dv", "dbeta", "dh0"], gs, gr):
+        report(f"{tag} {n}", rel(a, b), tol)
+
+
+def check_delta_vs_fla():
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule
+    except ImportError as e:
+        print(f"skip fla comparison: {e}")
+        return
+    q, k, v, beta, s0, _ = _delta_inputs(4, 1000, 4, 64, 64, torch.bfloat16)
+    leaves = [x.requires_grad_() for x in (q, k, v, beta, s0)]
+    o, ht = delta_rule_triton(
+        q, k, v, beta, initial_state=s0, resets=None, scale=None, l2norm_qk=True,
+        output_final_state=True,
+    )  # fmt: skip
+    of, hf = chunk_delta_rule(
+        q, k, v, beta, initial_state=s0, output_final_state=True, use_qk_l2norm_in_kernel=True
+    )
+    ref = delta_rule_chunked(*(x.float() for x in (q, k, v, beta)), s0, None, None, True)
+    report("fla bf16 o vs fp32 ref", rel(of, ref[0]), 1e-2)
+    report("ours bf16 o vs fla bf16", rel(o, of), 2e-2)
+    report("ours final vs fla final", rel(ht, hf), 2e-2)
+    gs, gf, gr = _grads((o, ht), leaves), _grads((of, hf), leaves), _grads(ref, leaves)
+    for n, a, b, c in zip(["dq", "dk", "dv", "dbeta", "dh0"], gs, gf, gr):
+        report(f"ours {n} vs fla (fla vs ref {rel(b, c):.1e})", rel(a, b), 2e-2)
+
+
+def check_step(B=1024):
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        g = torch.Generator(device=DEV).manual_seed(2)
+        H, K, V = 4, 64, 64
+        q, k = (torch.randn(B, H, K, device=DEV, generator=g).to(dtype) for _ in range(2))
+        v = torch.randn(B, H, V, device=DEV, generator=g).to(dtype)
+        beta = torch.rand(B, H, device=DEV, generator=g).to(dtype)
+        s = torch.randn(B, H, K, V, device=DEV, generator=g)
+        o, s1 = delta_rule_step_triton(q, k, v, beta, s, scale=None, l2norm_qk=True)
+        o_r, s1_r = delta_rule_step_reference(q.float(), k.float(), v.float(), beta.float(), s)
+        report(f"step {str(dtype)[6:]} B{B} o", rel(o, o_r), tol)
+        report(f"step {str(dtype)[6:]} B{B} state", rel(s1, s1_r), tol)
+
+
+def check_swa(dtype, tol, W=64, T=1024, B=2, H=4, D=64):
+    g = torch.Generator(device=DEV).manual_seed(3)
+    q, k, v = (torch.randn(B, T, H, D, device=DEV, generator=g).to(dtype) for _ in range(3))
+    pk, pv = (torch.randn(B, W - 1, H, D, device=DEV, generator=g).to(dtype) for _ in range(2))
+    plen = torch.tensor([W // 3, W - 1], device=DEV)
+    r = torch.rand(B, T, device=DEV, generator=g) < 0.01
+    r[0, T // 10] = True
+    leaves = [x.requires_grad_() for x in (q, k, v, pk, pv)]
+    kw = dict(window=W, resets=r, prefix_k=pk, prefix_v=pv, prefix_len=plen, scale=None)
+    o = sliding_window_attention_triton(q, k, v, **kw)
+    f32 = [x.float() for x in leaves]
+    o_r = sliding_window_attention_reference(
+        f32[0], f32[1], f32[2], **{**kw, "prefix_k": f32[3], "prefix_v": f32[4]}
+    )
+    tag = f"swa {str(dtype)[6:]} W{W} T{T} resets+prefix"
+    report(f"{tag} o", rel(o, o_r), tol)
+    gs, gr = _grads((o,), leaves), _grads((o_r,), leaves)
+    for n, a, b in zip(["dq", "dk", "dv", "dprefix_k", "dprefix_v"], gs, gr):
+        report(f"{tag} {n}", rel(a, b), tol)
+
+
+CHECKS = {
+    "delta_fp32": lambda: check_delta(torch.float32, 1e-4),
+    "delta_bf16": lambda: check_delta(torch.bfloat16, 1e-2),
+    "delta_bf16_T1024": lambda: check_delta(torch.bfloat16, 1e-2, T=1024),
+    "delta_fp32_D128": lambda: check_delta(torch.float32, 1e-4, K=128, V=128, T=300, B=1, H=2),
+    "delta_bf16_K32_V96": lambda: check_delta(torch.bfloat16, 1e-2, K=32, V=96, T=300, B=1, H=2),
+    "delta_vs_fla": check_delta_vs_fla,
+    "step": check_step,
+    "swa_fp32": lambda: check_swa(torch.float32, 1e-4),
+    "swa_bf16": lambda: check_swa(torch.bfloat16, 1e-2),
+    "swa_bf16_W512": lambda: check_swa(torch.bfloat16, 1e-2, W=512),
+}
+
+
+def run_checks(cases: list[str], isolate: bool) -> int:
+    """Runs the check cases; with isolate, each in its own process, so that a device fault
+    fails that case only (at the price of one CUDA start per case)."""
+    import subprocess
+
+    t0, failed = time.time(), []
+    for name in cases or CHECKS:
+        if not isolate:
+            before = len(FAILS)
+            CHECKS[name]()
+            if len(FAILS) > before:
+                failed.append(name)
+            continue
+        cmd = [sys.executable, __file__, "check", "--case", name]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        print(proc.stdout, end="", flush=True)
+        if proc.returncode != 0:
+            failed.append(name)
+            err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"FAIL {name}: exit {proc.returncode}: {err}", flush=True)
+    print(f"checks: {len(failed)} cases failed {failed} ({time.time() - t0:.0f} s)")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------- timings
+
+
+def bench(fn, warmup=25, rep=100) -> float:
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def fwd_bwd(op, inputs, out_index=0):
+    leaves = [x for x in inputs if x is not None and x.requires_grad]
+
+    def run():
+        out = op()
+        o = out[out_index] if isinstance(out, tuple) else out
+        torch.autograd.grad(o, leaves, grad_outputs=torch.ones_like(o))
+
+    return run
+
+
+ROWS: list[tuple] = []
+
+
+def row(op: str, shape: str, mode: str, ours: float, peer_name: str, peer: float | None):
+    ratio = f"{peer / ours:5.2f}x" if peer else "  -  "
+    peer_s = f"{peer:8.3f}" if peer else "     -  "
+    ROWS.append((op, shape, mode, ours, peer_name, peer_s, ratio))
+    print(f"{op:18s} {shape:22s} {mode:8s} ours {ours:8.3f} ms  {peer_name:22s} {peer_s} ms  "
+          f"{ratio}", flush=True)  # fmt: skip
+
+
+def bench_delta(B, T, H, D):
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule
+    except ImportError:
+        chunk_delta_rule = None
+    for with_resets in (False, True):
+        _bench_delta_case(B, T, H, D, with_resets, None if with_resets else chunk_delta_rule)
+
+
+def _bench_delta_case(B, T, H, D, with_resets, chunk_delta_rule):
+    shape = f"B{B} T{T} H{H} D{D}"
+    q, k, v, beta, _, r = _delta_inputs(
+        B, T, H, D, D, torch.bfloat16, resets_p=0.01 if with_resets else 0.0, h0=False
+    )
+
+    def ours():
+        return delta_rule_triton(
+            q, k, v, beta, initial_state=None, resets=r, scale=None, l2norm_qk=True,
+            output_final_state=True,
+        )  # fmt: skip
+
+    def fla():
+        return chunk_delta_rule(
+            q, k, v, beta, output_final_state=True, use_qk_l2norm_in_kernel=True
+        )
+
+    name = "delta_rule" + ("+resets" if with_resets else "")
+    peer = "fla chunk_delta_rule" if chunk_delta_rule else "-"
+    with torch.no_grad():
+        t_o = bench(ours)
+        t_p = bench(fla) if chunk_delta_rule else None
+    row(name, shape, "fwd", t_o, peer, t_p)
+    for x in (q, k, v, beta):
+        x.requires_grad_()
+    t_o = bench(fwd_bwd(ours, (q, k, v, beta)))
+    t_p = bench(fwd_bwd(fla, (q, k, v, beta))) if chunk_delta_rule else None
+    row(name, shape, "fwd+bwd", t_o, peer, t_p)
+
+
+def bench_swa(B, T, H, D, W, with_peer=True):
+    shape = f"B{B} T{T} H{H} D{D} W{W}"
+    g = torch.Generator(device=DEV).manual_seed(4)
+    q, k, v = (torch.randn(B, T, H, D, device=DEV, generator=g, dtype=torch.bfloat16)
+               for _ in range(3))  # fmt: skip
+    ours = lambda: sliding_window_attention_triton(  # noqa: E731
+        q, k, v, window=W, resets=None, prefix_k=None, prefix_v=None, prefix_len=None, scale=None
+    )
+    flex = None
+    try:
+        if not with_peer:
+            raise RuntimeError("skipped (compile time; see BENCHMARKS.md anchors)")
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        flex_c = torch.compile(flex_attention, dynamic=False)
+        mask = lambda b, h, qi, ki: (qi >= ki) & (qi - ki < W)  # noqa: E731
+        bm = create_block_mask(mask, B=None, H=None, Q_LEN=T, KV_LEN=T, device=DEV)
+        qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        flex = lambda: flex_c(qf, kf, vf, block_mask=bm)  # noqa: E731
+        with torch.no_grad():
+            o_f = flex().transpose(1, 2)
+            report(f"flex vs ours {shape}", rel(ours(), o_f), 2e-2)
+    except Exception as e:  # noqa: BLE001
+        print(f"flex_attention unavailable: {type(e).__name__}: {e}")
+    with torch.no_grad():
+        row("sliding_window", shape, "fwd", bench(ours), "flex_attention", flex and bench(flex))
+    for x in (q, k, v):
+        x.requires_grad_()
+    t_p = None
+    if flex is not None:
+        for x in (qf, kf, vf):
+            x.requires_grad_()
+        t_p = bench(fwd_bwd(flex, (qf, kf, vf)))
+    row("sliding_window", shape, "fwd+bwd", bench(fwd_bwd(ours, (q, k, v))), "flex_attention", t_p)
+
+
+def bench_step(B, H, D):
+    shape = f"B{B} H{H} D{D}"
+    g = torch.Generator(device=DEV).manual_seed(5)
+    q, k = (torch.randn(B, H, D, device=DEV, generator=g, dtype=torch.bfloat16) for _ in range(2))
+    v = torch.randn(B, H, D, device=DEV, generator=g, dtype=torch.bfloat16)
+    beta = torch.rand(B, H, device=DEV, generator=g, dtype=torch.bfloat16)
+    s = torch.randn(B, H, D, D, device=DEV, generator=g)
+
+    def graphed(fn):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph.replay
+
+    ours = lambda: delta_rule_step_triton(q, k, v, beta, s, scale=None, l2norm_qk=True)  # noqa: E731
+    einsum = lambda: delta_rule_step_reference(q, k, v, beta, s)  # noqa: E731
+    t_ours = bench(graphed(ours))
+    row("delta_step", shape, "graph", t_ours, "torch einsum, graph", bench(graphed(einsum)))
+    try:
+        from fla.ops.delta_rule import fused_recurrent_delta_rule
+
+        fla = lambda: fused_recurrent_delta_rule(  # noqa: E731
+            q[:, None], k[:, None], v[:, None], beta[:, None], initial_state=s,
+            output_final_state=True, use_qk_l2norm_in_kernel=True,
+        )  # fmt: skip
+        row("delta_step", shape, "eager", bench(ours), "fla fused_recurrent", bench(fla))
+        try:
+            row("delta_step", shape, "graph", t_ours, "fla fused_rec., graph", bench(graphed(fla)))
+        except Exception as e:  # noqa: BLE001
+            print(f"fla step not capturable: {type(e).__name__}: {e}")
+    except ImportError as e:
+        print(f"skip fla step: {e}")
+
+
+SECTIONS = {
+    "delta_lm": lambda: bench_delta(8, 4096, 16, 64),
+    "delta_rl": lambda: bench_delta(64, 256, 4, 64),
+    "step": lambda: (bench_step(1024, 4, 64), bench_step(8, 4, 64)),
+    "swa": lambda: (
+        bench_swa(64, 256, 4, 64, 64, with_peer=False),
+        bench_swa(8, 4096, 16, 64, 512, with_peer=False),
+        bench_swa(8, 4096, 16, 64, 64),
+    ),
+}
+
+
+def run_bench(only: list[str]) -> int:
+    props = torch.cuda.get_device_properties(0)
+    print(f"card: {props.name}, {props.multi_processor_count} SMs; torch {torch.__version__}")
+    for name in only or SECTIONS:
+        SECTIONS[name]()
+    print("\n| op | shape | mode | ours (ms) | peer | peer (ms) | peer/ours |")
+    print("|---|---|---|---|---|---|---|")
+    for r in ROWS:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]} | {r[5].strip()} | {r[6]} |")
+    return 0
+
+
+def run_smoke() -> int:
+    """Small bf16 and fp32 cases of every op with every option (for compute-sanitizer)."""
+    for dtype in (torch.bfloat16, torch.float32):
+        for T in (100, 128):
+            q, k, v, beta, s0, r = _delta_inputs(1, T, 1, 64, 64, dtype, resets_p=0.02)
+            leaves = [x.requires_grad_() for x in (q, k, v, beta, s0)]
+            o, ht = delta_rule_triton(
+                q, k, v, beta, initial_state=s0, resets=r, scale=None, l2norm_qk=True,
+                output_final_state=True,
+            )  # fmt: skip
+            _grads((o, ht), leaves)
+            torch.cuda.synchronize()
+            print(f"smoke delta {dtype} T{T} ok", flush=True)
+    check_step(B=4)
+    check_swa(torch.bfloat16, 1e-2, W=16, T=100, B=1, H=1)
+    torch.cuda.synchronize()
+    print("smoke done")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["check", "bench", "smoke"])
+    parser.add_argument("--only", nargs="*", default=[], choices=list(SECTIONS),
+                        help="bench sections to run (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--case",
+        nargs="*",
+        default=[],
+        choices=list(CHECKS),
+        help="check cases to run (default: all)",
+    )
+    parser.add_argument("--isolate", action="store_true",
+                        help="run each check case in its own process")  # fmt: skip
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs CUDA", file=sys.stderr)
+        return 2
+    if args.what == "bench":
+        return run_bench(args.only)
+    return run_checks(args.case, args.isolate) if args.what == "check" else run_smoke()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,495 @@
+"""Triton kernels of the chunked delta rule with resets (derivation: benchmarks/KERNEL_NOTES.md).
+
+Per chunk of C = 4 * BS tokens, with seg the reset count (cumsum of resets) of each token:
+    L = strict_tril(diag(beta) K K^T * same_seg),  Tinv = (I + L)^-1,
+    f_i = [seg_i == seg of the incoming state],  g_i = [seg_i == seg of the last token],
+    U = Tinv (beta * (V - f * K S_n)),
+    O = scale * (f * Q S_n + (tril_incl(Q K^T) * same_seg) U),
+    S_{n+1} = [no reset in chunk] S_n + K^T (g * U).
+Kernels:
+    wy_inverse_kernel  (chunks in parallel): Tinv, by blocked forward substitution.
+    fwd_kernel         (chunks in sequence): U, O and the states S_n.
+    bwd_state_kernel   (chunks in reverse):  dS_{n+1} for every chunk and dS_0.
+    bwd_chunk_kernel   (chunks in parallel): dq, dk, dv, dbeta from S_n and dS_{n+1}.
+Tensors: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], seg int32 [B, T],
+Tinv [B*H, NT, C, C] (lower triangle only), states [B*H, NT, K, V] float32.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from rlmem.kernels.delta_rule.triton_common import (
+    l2n,
+    load_rows,
+    load_seg,
+    load_seg_before,
+    load_vec,
+    mm,
+    mm32,
+    row_offsets,
+)
+
+
+@triton.jit
+def _l_block(
+    ki,
+    kj,
+    bi,
+    si,
+    sj,
+    DIAG: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
+    BS: tl.constexpr,
+    DOT_DT: tl.constexpr,
+):
+    """Block (i, j) of L = strict_tril(diag(beta) K K^T * same_seg): [BS, BS]."""
+    a = mm(ki, tl.trans(kj), DOT_DT) * bi[:, None]
+    if HAS_RESETS:
+        a = tl.where(si[:, None] == sj[None, :], a, 0.0)
+    if DIAG:
+        r = tl.arange(0, BS)
+        a = tl.where(r[:, None] > r[None, :], a, 0.0)
+    return a
+
+
+@triton.jit
+def _invert_diag_blocks(l0, l1, l2, l3, BS: tl.constexpr):
+    """(I + L_ii)^-1 of four strictly lower [BS, BS] blocks, by forward substitution: row i
+    is e_i - sum_j L_ij T_j over the finished rows j < i (rows below i are still e_j, which
+    L_ij = 0 leaves out)."""
+    r = tl.arange(0, BS)
+    eye = (r[:, None] == r[None, :]).to(tl.float32)
+    t0 = eye
+    t1 = eye
+    t2 = eye
+    t3 = eye
+    for i in tl.static_range(1, BS):
+        sel = r[:, None] == i
+        a0 = tl.sum(tl.where(sel, l0, 0.0), axis=0)
+        a1 = tl.sum(tl.where(sel, l1, 0.0), axis=0)
+        a2 = tl.sum(tl.where(sel, l2, 0.0), axis=0)
+        a3 = tl.sum(tl.where(sel, l3, 0.0), axis=0)
+        t0 = tl.where(sel, eye - tl.sum(a0[:, None] * t0, axis=0)[None, :], t0)
+        t1 = tl.where(sel, eye - tl.sum(a1[:, None] * t1, axis=0)[None, :], t1)
+        t2 = tl.where(sel, eye - tl.sum(a2[:, None] * t2, axis=0)[None, :], t2)
+        t3 = tl.where(sel, eye - tl.sum(a3[:, None] * t3, axis=0)[None, :], t3)
+    return t0, t1, t2, t3
+
+
+@triton.jit
+def _store_block(base, x, I: tl.constexpr, J: tl.constexpr, BS: tl.constexpr, C: tl.constexpr):
+    r = tl.arange(0, BS)
+    tl.store(base + (I * BS + r)[:, None] * C + (J * BS + r)[None, :], x)
+
+
+@triton.jit
+def _load_k_block(
+    k,
+    b,
+    h,
+    t0,
+    T,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    BS: tl.constexpr,
+    BK: tl.constexpr,
+    L2NORM: tl.constexpr,
+    EPS: tl.constexpr,
+):
+    x = load_rows(k, b, h, t0, T, H, DK, 0, BS, BK)
+    if L2NORM:
+        x = l2n(x, EPS)
+    return x
+
+
+@triton.jit
+def wy_inverse_kernel(
+    k,
+    beta,
+    seg,
+    tinv,
+    T,
+    NT,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    BK: tl.constexpr,
+    BS: tl.constexpr,
+    L2NORM: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
+    DOT_DT: tl.constexpr,
+    EPS: tl.constexpr,
+):
+    """Tinv = (I + L)^-1 of one chunk: diagonal blocks by substitution, then block rows
+    T_ij = -T_ii sum_{j<=m<i} L_im T_mj. Grid (NT, B*H)."""
+    i_n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    C: tl.constexpr = 4 * BS
+    t0 = i_n * C
+    k0 = _load_k_block(k, b, h, t0, T, H, DK, BS, BK, L2NORM, EPS)
+    k1 = _load_k_block(k, b, h, t0 + BS, T, H, DK, BS, BK, L2NORM, EPS)
+    k2 = _load_k_block(k, b, h, t0 + 2 * BS, T, H, DK, BS, BK, L2NORM, EPS)
+    k3 = _load_k_block(k, b, h, t0 + 3 * BS, T, H, DK, BS, BK, L2NORM, EPS)
+    b0 = load_vec(beta, b, h, t0, T, H, BS)
+    b1 = load_vec(beta, b, h, t0 + BS, T, H, BS)
+    b2 = load_vec(beta, b, h, t0 + 2 * BS, T, H, BS)
+    b3 = load_vec(beta, b, h, t0 + 3 * BS, T, H, BS)
+    if HAS_RESETS:
+        s0 = load_seg(seg, b, t0, T, BS)
+        s1 = load_seg(seg, b, t0 + BS, T, BS)
+        s2 = load_seg(seg, b, t0 + 2 * BS, T, BS)
+        s3 = load_seg(seg, b, t0 + 3 * BS, T, BS)
+    else:
+        s0 = 0
+        s1 = 0
+        s2 = 0
+        s3 = 0
+    l00 = _l_block(k0, k0, b0, s0, s0, True, HAS_RESETS, BS, DOT_DT)
+    l11 = _l_block(k1, k1, b1, s1, s1, True, HAS_RESETS, BS, DOT_DT)
+    l22 = _l_block(k2, k2, b2, s2, s2, True, HAS_RESETS, BS, DOT_DT)
+    l33 = _l_block(k3, k3, b3, s3, s3, True, HAS_RESETS, BS, DOT_DT)
+    l10 = _l_block(k1, k0, b1, s1, s0, False, HAS_RESETS, BS, DOT_DT)
+    l20 = _l_block(k2, k0, b2, s2, s0, False, HAS_RESETS, BS, DOT_DT)
+    l21 = _l_block(k2, k1, b2, s2, s1, False, HAS_RESETS, BS, DOT_DT)
+    l30 = _l_block(k3, k0, b3, s3, s0, False, HAS_RESETS, BS, DOT_DT)
+    l31 = _l_block(k3, k1, b3, s3, s1, False, HAS_RESETS, BS, DOT_DT)
+    l32 = _l_block(k3, k2, b3, s3, s2, False, HAS_RESETS, BS, DOT_DT)
+    t00, t11, t22, t33 = _invert_diag_blocks(l00, l11, l22, l33, BS)
+    t10 = -mm32(t11, mm32(l10, t00, DOT_DT), DOT_DT)
+    t21 = -mm32(t22, mm32(l21, t11, DOT_DT), DOT_DT)
+    t20 = -mm32(t22, mm32(l20, t00, DOT_DT) + mm32(l21, t10, DOT_DT), DOT_DT)
+    t32 = -mm32(t33, mm32(l32, t22, DOT_DT), DOT_DT)
+    t31 = -mm32(t33, mm32(l31, t11, DOT_DT) + mm32(l32, t21, DOT_DT), DOT_DT)
+    t30 = -mm32(
+        t33,
+        mm32(l30, t00, DOT_DT) + mm32(l31, t10, DOT_DT) + mm32(l32, t20, DOT_DT),
+        DOT_DT,
+    )
+    base = tinv + (i_bh.to(tl.int64) * NT + i_n) * C * C
+    _store_block(base, t00, 0, 0, BS, C)
+    _store_block(base, t10, 1, 0, BS, C)
+    _store_block(base, t11, 1, 1, BS, C)
+    _store_block(base, t20, 2, 0, BS, C)
+    _store_block(base, t21, 2, 1, BS, C)
+    _store_block(base, t22, 2, 2, BS, C)
+    _store_block(base, t30, 3, 0, BS, C)
+    _store_block(base, t31, 3, 1, BS, C)
+    _store_block(base, t32, 3, 2, BS, C)
+    _store_block(base, t33, 3, 3, BS, C)
+
+
+@triton.jit
+def _load_tinv(tinv, i_bh, n, NT, C: tl.constexpr):
+    """[C, C] lower triangle of Tinv of chunk n (the upper part is never written)."""
+    r = tl.arange(0, C)
+    offs = (i_bh.to(tl.int64) * NT + n) * C * C + r[:, None] * C + r[None, :]
+    return tl.load(tinv + offs, mask=r[:, None] >= r[None, :], other=0.0)
+
+
+@triton.jit
+def _load_qk(
+    q,
+    k,
+    b,
+    h,
+    t0,
+    T,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    C: tl.constexpr,
+    BK: tl.constexpr,
+    L2NORM: tl.constexpr,
+    EPS: tl.constexpr,
+):
+    qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
+    kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
+    if L2NORM:
+        qc = l2n(qc, EPS)
+        kc = l2n(kc, EPS)
+    return qc, kc
+
+
+@triton.jit
+def _state_offsets(
+    i_bh, n, NT, DK: tl.constexpr, DV: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr
+):
+    """Offsets and mask of the [BK, BV] tile (cols from c0) of state n of row i_bh in a
+    [B*H, NT, K, V] buffer (NT=1 for a [B, H, K, V] state)."""
+    rk = tl.arange(0, BK)
+    rv = c0 + tl.arange(0, BV)
+    offs = (i_bh.to(tl.int64) * NT + n) * DK * DV + rk[:, None] * DV + rv[None, :]
+    mask = (rk[:, None] < DK) & (rv[None, :] < DV)
+    return offs, mask
+
+
+@triton.jit
+def _segments(seg, b, t0, T, C: tl.constexpr):
+    """f (sees the incoming state), g (survives into the outgoing state), keep (no reset in
+    the chunk) and the same-segment mask of one chunk."""
+    sg = load_seg(seg, b, t0, T, C)
+    seg_in = load_seg_before(seg, b, t0, T)
+    seg_last = tl.max(sg, axis=0)
+    f = (sg == seg_in).to(tl.float32)
+    g = (sg == seg_last).to(tl.float32)
+    keep = (seg_last == seg_in).to(tl.float32)
+    same = sg[:, None] == sg[None, :]
+    return f, g, keep, same
+
+
+@triton.jit
+def fwd_kernel(
+    q,
+    k,
+    v,
+    beta,
+    seg,
+    tinv,
+    h0,
+    o,
+    hs,
+    ht,
+    T,
+    NT,
+    scale,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    C: tl.constexpr,
+    L2NORM: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    STORE_H: tl.constexpr,
+    DOT_DT: tl.constexpr,
+    EPS: tl.constexpr,
+):
+    """The chunk recurrence: o and, when STORE_H, the state entering every chunk; the final
+    state into ht [B, H, K, V]. Grid (cdiv(V, BV), B*H)."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    c0 = i_v * BV
+    s_offs, s_mask = _state_offsets(i_bh, 0, 1, DK, DV, c0, BK, BV)
+    if HAS_H0:  # noqa: SIM108
+        S = tl.load(h0 + s_offs, mask=s_mask, other=0.0)
+    else:
+        S = tl.zeros([BK, BV], tl.float32)
+    r = tl.arange(0, C)
+    causal = r[:, None] >= r[None, :]
+    for n in range(NT):
+        t0 = n * C
+        if STORE_H:
+            h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
+            tl.store(hs + h_offs, S, mask=s_mask)
+        qc, kc = _load_qk(q, k, b, h, t0, T, H, DK, C, BK, L2NORM, EPS)
+        vc = load_rows(v, b, h, t0, T, H, DV, c0, C, BV)
+        bc = load_vec(beta, b, h, t0, T, H, C)
+        tm = _load_tinv(tinv, i_bh, n, NT, C)
+        ks = mm(kc, S, DOT_DT)
+        qs = mm(qc, S, DOT_DT)
+        a = mm(qc, tl.trans(kc), DOT_DT)
+        if HAS_RESETS:
+            f, g, keep, same = _segments(seg, b, t0, T, C)
+            u = mm(tm, bc[:, None] * (vc - f[:, None] * ks), DOT_DT)
+            a = tl.where(causal & same, a, 0.0)
+            oc = scale * (f[:, None] * qs + mm(a, u, DOT_DT))
+            S = keep * S + mm(tl.trans(kc), g[:, None] * u, DOT_DT)
+        else:
+            u = mm(tm, bc[:, None] * (vc - ks), DOT_DT)
+            a = tl.where(causal, a, 0.0)
+            oc = scale * (qs + mm(a, u, DOT_DT))
+            S = S + mm(tl.trans(kc), u, DOT_DT)
+        o_offs, o_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
+        tl.store(o + o_offs, oc.to(o.dtype.element_ty), mask=o_mask)
+    tl.store(ht + s_offs, S, mask=s_mask)
+
+
+@triton.jit
+def bwd_state_kernel(
+    q,
+    k,
+    beta,
+    seg,
+    tinv,
+    do,
+    dht,
+    dhs,
+    dh0,
+    T,
+    NT,
+    scale,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    C: tl.constexpr,
+    L2NORM: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
+    HAS_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr,
+    DOT_DT: tl.constexpr,
+    EPS: tl.constexpr,
+):
+    """Backward of the chunk recurrence: dhs[n] = dL/dS_{n+1} (the gradient reaching the state
+    that leaves chunk n), dh0 = dL/dS_0. Grid (cdiv(V, BV), B*H).
+        dU = scale P^T dO + g K dS_{n+1},  dS_n = scale Q^T (f dO) + keep dS_{n+1}
+             - (beta f K)^T Tinv^T dU."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    c0 = i_v * BV
+    s_offs, s_mask = _state_offsets(i_bh, 0, 1, DK, DV, c0, BK, BV)
+    if HAS_DHT:
+        dS = tl.load(dht + s_offs, mask=s_mask, other=0.0)
+    else:
+        dS = tl.zeros([BK, BV], tl.float32)
+    r = tl.arange(0, C)
+    anticausal = r[:, None] <= r[None, :]
+    for i in range(NT):
+        n = NT - 1 - i
+        t0 = n * C
+        h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
+        tl.store(dhs + h_offs, dS, mask=s_mask)
+        qc, kc = _load_qk(q, k, b, h, t0, T, H, DK, C, BK, L2NORM, EPS)
+        doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV)
+        bc = load_vec(beta, b, h, t0, T, H, C)
+        tm = _load_tinv(tinv, i_bh, n, NT, C)
+        at = mm(kc, tl.trans(qc), DOT_DT)
+        kds = mm(kc, dS, DOT_DT)
+        if HAS_RESETS:
+            f, g, keep, same = _segments(seg, b, t0, T, C)
+            at = tl.where(anticausal & tl.trans(same), at, 0.0)
+            du = scale * mm(at, doc, DOT_DT) + g[:, None] * kds
+            dy = mm(tl.trans(tm), du, DOT_DT)
+            dS = (
+                scale * mm(tl.trans(qc), f[:, None] * doc, DOT_DT)
+                + keep * dS
+                - mm(tl.trans((bc * f)[:, None] * kc), dy, DOT_DT)
+            )
+        else:
+            at = tl.where(anticausal, at, 0.0)
+            du = scale * mm(at, doc, DOT_DT) + kds
+            dy = mm(tl.trans(tm), du, DOT_DT)
+            dS = (
+                scale * mm(tl.trans(qc), doc, DOT_DT)
+                + dS
+                - mm(tl.trans(bc[:, None] * kc), dy, DOT_DT)
+            )
+    if STORE_DH0:
+        tl.store(dh0 + s_offs, dS, mask=s_mask)
+
+
+@triton.jit
+def _l2n_bwd(dxn, xn, rinv):
+    """Gradient through xn = x * rinv, rinv = (sum x^2 + eps)^-1/2, rows of [R, D]."""
+    return rinv[:, None] * (dxn - xn * tl.sum(xn * dxn, axis=1)[:, None])
+
+
+@triton.jit
+def bwd_chunk_kernel(
+    q,
+    k,
+    v,
+    beta,
+    seg,
+    tinv,
+    hs,
+    dhs,
+    do,
+    dq,
+    dk,
+    dv,
+    dbeta,
+    T,
+    NT,
+    scale,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    C: tl.constexpr,
+    L2NORM: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
+    DOT_DT: tl.constexpr,
+    EPS: tl.constexpr,
+):
+    """Gradients of one chunk given S_n (hs) and dS_{n+1} (dhs). Grid (NT, B*H)."""
+    i_n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    t0 = i_n * C
+    qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
+    kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
+    if L2NORM:
+        rq = 1.0 / tl.sqrt(tl.sum(qc * qc, axis=1) + EPS)
+        rk = 1.0 / tl.sqrt(tl.sum(kc * kc, axis=1) + EPS)
+        qc = qc * rq[:, None]
+        kc = kc * rk[:, None]
+    vc = load_rows(v, b, h, t0, T, H, DV, 0, C, BV)
+    doc = load_rows(do, b, h, t0, T, H, DV, 0, C, BV)
+    bc = load_vec(beta, b, h, t0, T, H, C)
+    tm = _load_tinv(tinv, i_bh, i_n, NT, C)
+    h_offs, h_mask = _state_offsets(i_bh, i_n, NT, DK, DV, 0, BK, BV)
+    S = tl.load(hs + h_offs, mask=h_mask, other=0.0)
+    dS = tl.load(dhs + h_offs, mask=h_mask, other=0.0)
+    r = tl.arange(0, C)
+    incl = r[:, None] >= r[None, :]
+    strict = r[:, None] > r[None, :]
+    ks = mm(kc, S, DOT_DT)
+    if HAS_RESETS:
+        f, g, keep, same = _segments(seg, b, t0, T, C)
+        incl = incl & same
+        strict = strict & same
+        xr = vc - f[:, None] * ks
+    else:
+        xr = vc - ks
+    u = mm(tm, bc[:, None] * xr, DOT_DT)
+    a = tl.where(incl, mm(qc, tl.trans(kc), DOT_DT), 0.0)
+    kds = mm(kc, dS, DOT_DT)
+    dos = mm(doc, tl.trans(S), DOT_DT)
+    if HAS_RESETS:
+        du = scale * mm(tl.trans(a), doc, DOT_DT) + g[:, None] * kds
+        dqc = scale * f[:, None] * dos
+        dkc = mm(g[:, None] * u, tl.trans(dS), DOT_DT)
+    else:
+        du = scale * mm(tl.trans(a), doc, DOT_DT) + kds
+        dqc = scale * dos
+        dkc = mm(u, tl.trans(dS), DOT_DT)
+    dp = tl.where(incl, scale * mm(doc, tl.trans(u), DOT_DT), 0.0)
+    dqc += mm(dp, kc, DOT_DT)
+    dkc += mm(tl.trans(dp), qc, DOT_DT)
+    dy = mm(tl.trans(tm), du, DOT_DT)
+    dvc = bc[:, None] * dy
+    dys = mm(dy, tl.trans(S), DOT_DT)
+    if HAS_RESETS:
+        dkc -= (bc * f)[:, None] * dys
+    else:
+        dkc -= bc[:, None] * dys
+    dbc = tl.sum(dy * xr, axis=1)
+    dl = tl.where(strict, -mm(dy, tl.trans(u), DOT_DT), 0.0)
+    kk = mm(kc, tl.trans(kc), DOT_DT)
+    dbc += tl.sum(dl * kk, axis=1)
+    dkc += bc[:, None] * mm(dl, kc, DOT_DT) + mm(tl.trans(dl), bc[:, None] * kc, DOT_DT)
+    if L2NORM:
+        dqc = _l2n_bwd(dqc, qc, rq)
+        dkc = _l2n_bwd(dkc, kc, rk)
+    k_offs, k_mask = row_offsets(b, h, t0, T, H, DK, 0, C, BK)
+    tl.store(dq + k_offs, dqc.to(dq.dtype.element_ty), mask=k_mask)
+    tl.store(dk + k_offs, dkc.to(dk.dtype.element_ty), mask=k_mask)
+    v_offs, v_mask = row_offsets(b, h, t0, T, H, DV, 0, C, BV)
+    tl.store(dv + v_offs, dvc.to(dv.dtype.element_ty), mask=v_mask)
+    rows = t0 + r
+    tl.store(
+        dbeta + (b.to(tl.int64) * T + rows) * H + h,
+        dbc.to(dbeta.dtype.element_ty),
+        mask=rows < T,
+    )

@@ -1,0 +1,148 @@
+"""Sliding-window softmax attention in Triton: host functions and the autograd wrapper.
+
+Forward: `swa_fwd_kernel` (one program per query block). Backward: `swa_bwd_dkdv_kernel`
+(per key block, prefix keys included) and `swa_bwd_dq_kernel` (per query block).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from rlmem.kernels.delta_rule.triton_common import block_dim, dot_dtype
+from rlmem.kernels.sliding_window.triton_kernels import (
+    swa_bwd_dkdv_kernel,
+    swa_bwd_dq_kernel,
+    swa_fwd_kernel,
+)
+
+BLOCK_M = 64
+BLOCK_N = 64
+
+
+def _lowest_keys(B, T, window, resets, prefix_len, device) -> torch.Tensor:
+    """lo int32 [B, T]: the oldest key position query t may see on the prefix-extended axis
+    (prefix entry i of P sits at i - P): max(t - W + 1, the episode's start), where an episode
+    still running from the previous call starts at -prefix_len."""
+    P = window - 1
+    pos = torch.arange(T, device=device)
+    if prefix_len is None:
+        start = torch.zeros(B, 1, dtype=torch.long, device=device)
+    else:
+        start = -prefix_len.to(device=device, dtype=torch.long).clamp(0, P)[:, None]
+    start = start.expand(B, T)
+    if resets is not None:
+        start = torch.where(resets, pos, start).cummax(dim=1).values
+    return torch.maximum(pos - P, start).to(torch.int32).contiguous()
+
+
+def _forward(q, k, v, pk, pv, lo, window, scale):
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    has_prefix = pk is not None
+    o = torch.empty_like(v)
+    lse = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
+    swa_fwd_kernel[(triton.cdiv(T, BLOCK_M), B * H)](
+        q, k, v, pk if has_prefix else k, pv if has_prefix else v, lo, o, lse,
+        T, window - 1, scale,
+        H=H, DK=DK, DV=DV, BK=block_dim(DK), BV=block_dim(DV), BM=BLOCK_M, BN=BLOCK_N,
+        HAS_PREFIX=has_prefix, DOT_DT=dot_dtype(q.dtype), num_warps=4,
+    )  # fmt: skip
+    return o, lse
+
+
+def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    P = window - 1
+    has_prefix = pk is not None
+    delta = (o.float() * do.float()).sum(-1).contiguous()  # [B, T, H]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dpk = torch.empty_like(pk) if has_prefix else dk
+    dpv = torch.empty_like(pv) if has_prefix else dv
+    pk_arg, pv_arg = (pk, pv) if has_prefix else (k, v)
+    meta = dict(
+        H=H, DK=DK, DV=DV, BK=block_dim(DK), BV=block_dim(DV), BM=BLOCK_M, BN=BLOCK_N,
+        HAS_PREFIX=has_prefix, DOT_DT=dot_dtype(q.dtype), num_warps=4,
+    )  # fmt: skip
+    n_keys = T + (P if has_prefix else 0)
+    swa_bwd_dkdv_kernel[(triton.cdiv(n_keys, BLOCK_N), B * H)](
+        q,
+        k,
+        v,
+        pk_arg,
+        pv_arg,
+        lo,
+        do,
+        lse,
+        delta,
+        dk,
+        dv,
+        dpk,
+        dpv,
+        T,
+        P,
+        window,
+        scale,
+        **meta,
+    )
+    swa_bwd_dq_kernel[(triton.cdiv(T, BLOCK_M), B * H)](
+        q, k, v, pk_arg, pv_arg, lo, do, lse, delta, dq, T, P, scale, **meta
+    )
+    return dq, dk, dv, (dpk if has_prefix else None), (dpv if has_prefix else None)
+
+
+class _SlidingWindowFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, pk, pv, lo, window, scale):
+        o, lse = _forward(q, k, v, pk, pv, lo, window, scale)
+        ctx.save_for_backward(q, k, v, pk, pv, lo, o, lse)
+        ctx.window = window
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, pk, pv, lo, o, lse = ctx.saved_tensors
+        grads = _backward(q, k, v, pk, pv, lo, o, lse, do.contiguous(), ctx.window, ctx.scale)
+        return (*grads, None, None, None)
+
+
+def sliding_window_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    window: int,
+    resets: torch.Tensor | None,
+    prefix_k: torch.Tensor | None,
+    prefix_v: torch.Tensor | None,
+    prefix_len: torch.Tensor | None,
+    scale: float | None,
+) -> torch.Tensor:
+    """Sliding-window attention by the Triton kernels (inputs validated by the public op).
+
+    Args:
+        q, k: [B, T, H, K]; v: [B, T, H, V]; float32, bfloat16 or float16.
+        window: W, keys per query including its own.
+        resets: bool [B, T] or None; no attention across a reset.
+        prefix_k, prefix_v: [B, W-1, H, K|V] or None: previous keys/values, oldest first.
+        prefix_len: int [B] or None: how many of the newest prefix entries are valid.
+        scale: default K ** -0.5.
+
+    Returns:
+        o [B, T, H, V] in v.dtype; differentiable in q, k, v, prefix_k and prefix_v.
+    """
+    B, T, H, DK = q.shape
+    scale = DK**-0.5 if scale is None else float(scale)
+    q, k, v = (x.contiguous() for x in (q, k, v))
+    if window == 1 or prefix_k is None:
+        prefix_k = prefix_v = prefix_len = None
+    else:
+        prefix_k = prefix_k.to(k.dtype).contiguous()
+        prefix_v = prefix_v.to(v.dtype).contiguous()
+    lo = _lowest_keys(B, T, window, resets, prefix_len, q.device)
+    tensors = (q, k, v, prefix_k, prefix_v)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
+        return _SlidingWindowFunction.apply(q, k, v, prefix_k, prefix_v, lo, window, scale)
+    return _forward(q, k, v, prefix_k, prefix_v, lo, window, scale)[0]

@@ -1,0 +1,264 @@
+"""Triton kernels of sliding-window softmax attention with resets and a carried KV prefix.
+
+Keys live on one axis j in [-P, T): j < 0 is prefix entry P + j, j >= 0 is token j. Query t
+may attend key j iff lo[t] <= j <= t, where lo[t] = max(t - W + 1, start of t's episode) and
+an episode that began before this call starts at -prefix_len (so invalid prefix entries and
+keys before a reset are never seen). Flash-attention style: online softmax in the forward,
+the log-sum-exp saved for the backward, which runs one kernel over key blocks (dk, dv) and one
+over query blocks (dq); no atomics.
+Tensors: q, k [B, T, H, K], v [B, T, H, V], prefix [B, P, H, K|V], lo int32 [B, T],
+lse / delta float32 [B, T, H].
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from rlmem.kernels.delta_rule.triton_common import mm
+
+
+@triton.jit
+def _load_tokens(x, b, h, rows, T, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+    cols = tl.arange(0, BD)
+    offs = ((b.to(tl.int64) * T + rows[:, None]) * H + h) * D + cols[None, :]
+    mask = (rows[:, None] >= 0) & (rows[:, None] < T) & (cols[None, :] < D)
+    return tl.load(x + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _load_keys(
+    x,
+    px,
+    b,
+    h,
+    rj,
+    T,
+    P,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
+):
+    """[BN, BD] keys (or values) at positions rj of the prefix-extended axis."""
+    cur = _load_tokens(x, b, h, rj, T, H, D, BD)
+    if HAS_PREFIX:
+        # rows rj + P < P exactly where rj < 0, so the two loads never overlap
+        cur += _load_tokens(px, b, h, rj + P, P, H, D, BD)
+    return cur
+
+
+@triton.jit
+def _store_keys(
+    x,
+    px,
+    val,
+    b,
+    h,
+    rj,
+    T,
+    P,
+    H: tl.constexpr,
+    D: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
+):
+    cols = tl.arange(0, BD)
+    cmask = cols[None, :] < D
+    offs = ((b.to(tl.int64) * T + rj[:, None]) * H + h) * D + cols[None, :]
+    tl.store(
+        x + offs, val.to(x.dtype.element_ty), mask=(rj[:, None] >= 0) & (rj[:, None] < T) & cmask
+    )
+    if HAS_PREFIX:
+        pj = rj + P
+        poffs = ((b.to(tl.int64) * P + pj[:, None]) * H + h) * D + cols[None, :]
+        pmask = (rj[:, None] < 0) & (pj[:, None] >= 0) & cmask
+        tl.store(px + poffs, val.to(px.dtype.element_ty), mask=pmask)
+
+
+@triton.jit
+def _load_row_vec(x, b, h, rows, T, H: tl.constexpr, other):
+    return tl.load(x + (b.to(tl.int64) * T + rows) * H + h, mask=rows < T, other=other)
+
+
+@triton.jit
+def swa_fwd_kernel(
+    q,
+    k,
+    v,
+    pk,
+    pv,
+    lo,
+    o,
+    lse,
+    T,
+    P,
+    scale,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
+    DOT_DT: tl.constexpr,
+):
+    """o and lse of one block of BM queries. Grid (cdiv(T, BM), B*H)."""
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    rm = i_m * BM + tl.arange(0, BM)
+    qt = _load_tokens(q, b, h, rm, T, H, DK, BK)
+    lo_m = tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
+    j_start = tl.min(lo_m, axis=0)
+    j_end = tl.minimum(i_m * BM + BM, T)
+    qk_scale = scale * 1.4426950408889634
+    m_i = tl.full([BM], -1.0e30, tl.float32)
+    l_i = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, BV], tl.float32)
+    for j0 in range(j_start, j_end, BN):
+        rj = j0 + tl.arange(0, BN)
+        kt = _load_keys(k, pk, b, h, rj, T, P, H, DK, BK, HAS_PREFIX)
+        vt = _load_keys(v, pv, b, h, rj, T, P, H, DV, BV, HAS_PREFIX)
+        s = mm(qt, tl.trans(kt), DOT_DT) * qk_scale
+        allowed = (rj[None, :] >= lo_m[:, None]) & (rj[None, :] <= rm[:, None])
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + mm(p, vt, DOT_DT)
+        m_i = m_new
+    l_i = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_i[:, None]
+    cols = tl.arange(0, BV)
+    o_offs = ((b.to(tl.int64) * T + rm[:, None]) * H + h) * DV + cols[None, :]
+    tl.store(o + o_offs, out.to(o.dtype.element_ty), mask=(rm[:, None] < T) & (cols[None, :] < DV))
+    # log-sum-exp in base-2 units of the scaled scores
+    tl.store(lse + (b.to(tl.int64) * T + rm) * H + h, m_i + tl.log2(l_i), mask=rm < T)
+
+
+@triton.jit
+def swa_bwd_dkdv_kernel(
+    q,
+    k,
+    v,
+    pk,
+    pv,
+    lo,
+    do,
+    lse,
+    delta,
+    dk,
+    dv,
+    dpk,
+    dpv,
+    T,
+    P,
+    W,
+    scale,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
+    DOT_DT: tl.constexpr,
+):
+    """dk, dv of one block of BN keys (prefix keys into dpk, dpv). Grid (cdiv(P' + T, BN),
+    B*H), P' = P with a prefix else 0."""
+    i_n = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    if HAS_PREFIX:  # noqa: SIM108
+        j0 = i_n * BN - P
+    else:
+        j0 = i_n * BN
+    rj = j0 + tl.arange(0, BN)
+    kt = _load_keys(k, pk, b, h, rj, T, P, H, DK, BK, HAS_PREFIX)
+    vt = _load_keys(v, pv, b, h, rj, T, P, H, DV, BV, HAS_PREFIX)
+    dkt = tl.zeros([BN, BK], tl.float32)
+    dvt = tl.zeros([BN, BV], tl.float32)
+    qk_scale = scale * 1.4426950408889634
+    t_start = tl.maximum(j0, 0)
+    t_end = tl.minimum(j0 + BN - 1 + W, T)
+    for t0 in range(t_start, t_end, BM):
+        rm = t0 + tl.arange(0, BM)
+        qt = _load_tokens(q, b, h, rm, T, H, DK, BK)
+        dot = _load_tokens(do, b, h, rm, T, H, DV, BV)
+        lo_m = tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
+        lse_m = _load_row_vec(lse, b, h, rm, T, H, 0.0)
+        dl_m = _load_row_vec(delta, b, h, rm, T, H, 0.0)
+        allowed = (rj[None, :] >= lo_m[:, None]) & (rj[None, :] <= rm[:, None])
+        s = mm(qt, tl.trans(kt), DOT_DT) * qk_scale
+        p = tl.where(allowed, tl.exp2(s - lse_m[:, None]), 0.0)
+        dvt += mm(tl.trans(p), dot, DOT_DT)
+        dp = mm(dot, tl.trans(vt), DOT_DT)
+        ds = p * (dp - dl_m[:, None])
+        dkt += mm(tl.trans(ds), qt, DOT_DT)
+    _store_keys(dk, dpk, dkt * scale, b, h, rj, T, P, H, DK, BK, HAS_PREFIX)
+    _store_keys(dv, dpv, dvt, b, h, rj, T, P, H, DV, BV, HAS_PREFIX)
+
+
+@triton.jit
+def swa_bwd_dq_kernel(
+    q,
+    k,
+    v,
+    pk,
+    pv,
+    lo,
+    do,
+    lse,
+    delta,
+    dq,
+    T,
+    P,
+    scale,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
+    DOT_DT: tl.constexpr,
+):
+    """dq of one block of BM queries. Grid (cdiv(T, BM), B*H)."""
+    i_m = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    rm = i_m * BM + tl.arange(0, BM)
+    qt = _load_tokens(q, b, h, rm, T, H, DK, BK)
+    dot = _load_tokens(do, b, h, rm, T, H, DV, BV)
+    lo_m = tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
+    lse_m = _load_row_vec(lse, b, h, rm, T, H, 0.0)
+    dl_m = _load_row_vec(delta, b, h, rm, T, H, 0.0)
+    j_start = tl.min(lo_m, axis=0)
+    j_end = tl.minimum(i_m * BM + BM, T)
+    qk_scale = scale * 1.4426950408889634
+    dqt = tl.zeros([BM, BK], tl.float32)
+    for j0 in range(j_start, j_end, BN):
+        rj = j0 + tl.arange(0, BN)
+        kt = _load_keys(k, pk, b, h, rj, T, P, H, DK, BK, HAS_PREFIX)
+        vt = _load_keys(v, pv, b, h, rj, T, P, H, DV, BV, HAS_PREFIX)
+        allowed = (rj[None, :] >= lo_m[:, None]) & (rj[None, :] <= rm[:, None])
+        s = mm(qt, tl.trans(kt), DOT_DT) * qk_scale
+        p = tl.where(allowed, tl.exp2(s - lse_m[:, None]), 0.0)
+        dp = mm(dot, tl.trans(vt), DOT_DT)
+        ds = p * (dp - dl_m[:, None])
+        dqt += mm(ds, kt, DOT_DT)
+    cols = tl.arange(0, BK)
+    offs = ((b.to(tl.int64) * T + rm[:, None]) * H + h) * DK + cols[None, :]
+    tl.store(
+        dq + offs,
+        (dqt * scale).to(dq.dtype.element_ty),
+        mask=(rm[:, None] < T) & (cols[None, :] < DK),
+    )

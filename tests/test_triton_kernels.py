@@ -1,0 +1,300 @@
+"""Triton kernels against the PyTorch references: outputs and gradients, resets, initial and
+final states, odd sizes. On CPU they run under the Triton interpreter (fp32/fp16, tiny shapes);
+on CUDA the same tests run compiled."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import zlib
+
+import pytest
+import torch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNEL_MODULES = (
+    "rlmem.kernels.delta_rule.triton_chunk",
+    "rlmem.kernels.delta_rule.triton_step",
+    "rlmem.kernels.sliding_window.triton",
+)
+
+
+def _import_kernels() -> list:
+    """Import the kernel modules. On CPU, Triton itself and every @triton.jit function must be
+    created while TRITON_INTERPRET=1; the variable is set only for these imports, so that
+    other tests' impl="auto" keeps choosing the PyTorch path."""
+    if DEVICE == "cuda":
+        pytest.importorskip("triton")
+        return [importlib.import_module(n) for n in KERNEL_MODULES]
+    already = "triton" in sys.modules
+    saved = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        pytest.importorskip("triton")
+        from triton.language import standard
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if already and not isinstance(standard.sum, InterpretedFunction):
+            pytest.skip(
+                "triton was imported before TRITON_INTERPRET=1 was set; run these tests with "
+                "TRITON_INTERPRET=1 in the environment",
+                allow_module_level=True,
+            )
+        with contextlib.suppress(ImportError):
+            importlib.import_module("triton.experimental.gluon")  # imported lazily at launch
+        _repair_interpreter_scalar_index()
+        return [importlib.import_module(n) for n in KERNEL_MODULES]
+    finally:
+        if saved is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+def _repair_interpreter_scalar_index() -> None:
+    """Triton <= 3.6's interpreter turns a scalar into an index with int() of a 1-element
+    array, which NumPy >= 2.4 rejects (it breaks `range(n)` over a kernel argument)."""
+    from triton.runtime import interpreter
+
+    if getattr(interpreter, "_rlmem_index_repaired", False):
+        return
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    interpreter._rlmem_index_repaired = True
+
+
+chunk_mod, step_mod, swa_mod = _import_kernels()
+delta_rule_triton = chunk_mod.delta_rule_triton
+delta_rule_step_triton = step_mod.delta_rule_step_triton
+sliding_window_attention_triton = swa_mod.sliding_window_attention_triton
+
+from rlmem.kernels.delta_rule.reference import (  # noqa: E402
+    delta_rule_recurrent,
+    delta_rule_step_reference,
+)
+from rlmem.kernels.sliding_window.reference import sliding_window_attention_reference  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _nan_filled_empty():
+    """torch.empty returns NaN-filled memory, so an output element a kernel forgot to write
+    fails the comparison."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(was)
+
+
+def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
+    """Relative RMS error ||got - want|| / ||want|| below tol (absolute where want is all
+    zeros), no NaN."""
+    got, want = got.detach().double(), want.detach().double()
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert not torch.isnan(got).any(), f"{name}: NaN in the Triton result"
+    err = ((got - want).norm() / (want.norm() if want.any() else 1.0)).item()
+    assert err < tol, f"{name}: relative RMS error {err:.2e} >= {tol:.0e}"
+
+
+def _resets(B: int, T: int, gen: torch.Generator, forced=()) -> torch.Tensor:
+    r = torch.rand(B, T, generator=gen) < 0.04
+    for b, t in forced:
+        r[b, t] = True
+    return r
+
+
+def _tensors(*shapes, dtype=torch.float32, gen=None, scale=1.0):
+    return [
+        (torch.randn(*s, generator=gen) * scale).to(DEVICE, dtype).requires_grad_() for s in shapes
+    ]
+
+
+# ---------------------------------------------------------------- chunked delta rule
+
+
+DELTA_CASES = {
+    # name: (B, T, H, K, V, resets, h0, l2norm, scale, dtype, tol)
+    "resets_h0_T100": (2, 100, 1, 16, 32, [(0, 64), (1, 0), (1, 5)], True, True, None,
+                       torch.float32, 1e-4),
+    "plain_T63": (1, 63, 2, 16, 16, None, False, True, 0.7, torch.float32, 1e-4),
+    "odd_dims_no_l2norm": (1, 70, 1, 24, 40, [(0, 69)], True, False, None, torch.float32, 1e-4),
+    "fp16": (1, 63, 1, 16, 16, [(0, 20)], True, True, None, torch.float16, 1e-2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(DELTA_CASES))
+def test_delta_rule_matches_loop_reference(case):
+    B, T, H, K, V, forced, has_h0, l2, scale, dtype, tol = DELTA_CASES[case]
+    gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
+    key_scale = 1.0 if l2 else 0.25  # unnormalised keys must keep the recurrence stable
+    q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, V), dtype=dtype, gen=gen)
+    with torch.no_grad():
+        k.mul_(key_scale)
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE, dtype).requires_grad_()
+    h0 = _tensors((B, H, K, V), gen=gen)[0] if has_h0 else None
+    resets = None if forced is None else _resets(B, T, gen, forced).to(DEVICE)
+    inputs = [x for x in (q, k, v, beta, h0) if x is not None]
+
+    o, ht = delta_rule_triton(
+        q, k, v, beta, initial_state=h0, resets=resets, scale=scale, l2norm_qk=l2,
+        output_final_state=True,
+    )  # fmt: skip
+    ref_in = [x.float() for x in (q, k, v, beta)]
+    o_ref, ht_ref = delta_rule_recurrent(*ref_in, h0, resets, scale, l2)
+    assert o.dtype == v.dtype and ht.dtype == torch.float32
+    assert_close(f"{case} o", o, o_ref, tol)
+    assert_close(f"{case} final_state", ht, ht_ref, tol)
+
+    do = torch.randn(o.shape, generator=gen).to(DEVICE)
+    dht = torch.randn(ht.shape, generator=gen).to(DEVICE)
+    loss = (o.float() * do).sum() + (ht * dht).sum()
+    loss_ref = (o_ref.float() * do).sum() + (ht_ref * dht).sum()
+    grads = torch.autograd.grad(loss, inputs)
+    grads_ref = torch.autograd.grad(loss_ref, inputs)
+    for name, g, g_ref in zip(["dq", "dk", "dv", "dbeta", "dh0"], grads, grads_ref):
+        assert g.dtype == g_ref.dtype
+        assert_close(f"{case} {name}", g, g_ref, tol)
+
+
+def test_delta_rule_gradient_stops_at_reset_and_no_grad_path():
+    gen = torch.Generator().manual_seed(3)
+    B, T, H, K = 1, 80, 1, 16
+    q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, K), gen=gen)
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_()
+    h0 = _tensors((B, H, K, K), gen=gen)[0]
+    resets = torch.zeros(B, T, dtype=torch.bool, device=DEVICE)
+    resets[0, 40] = True
+    o, _ = delta_rule_triton(
+        q, k, v, beta, initial_state=h0, resets=resets, scale=None, l2norm_qk=True,
+        output_final_state=False,
+    )  # fmt: skip
+    gq, gk, gv, gh0 = torch.autograd.grad(o[:, 40:].sum(), (q, k, v, h0))
+    for name, g in (("dq", gq), ("dk", gk), ("dv", gv)):
+        assert torch.all(g[:, :40] == 0), f"{name} crossed the reset"
+    assert torch.all(gh0 == 0), "the initial state got a gradient through a reset"
+
+    with torch.no_grad():
+        o2, ht2 = delta_rule_triton(
+            q, k, v, beta, initial_state=h0, resets=resets, scale=None, l2norm_qk=True,
+            output_final_state=False,
+        )  # fmt: skip
+    assert ht2 is None
+    assert torch.equal(o, o2)
+
+
+def test_public_delta_rule_dispatches_to_triton():
+    from rlmem.kernels.delta_rule import delta_rule
+
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = _tensors((1, 30, 1, 16), (1, 30, 1, 16), (1, 30, 1, 16), gen=gen)
+    beta = torch.rand(1, 30, 1, generator=gen).to(DEVICE)
+    o, ht = delta_rule(q, k, v, beta, impl="triton")
+    o_ref, ht_ref = delta_rule(q, k, v, beta, impl="torch")
+    assert_close("o", o, o_ref, 1e-4)
+    assert_close("final_state", ht, ht_ref, 1e-4)
+
+
+# ---------------------------------------------------------------- delta rule step
+
+
+@pytest.mark.parametrize("l2norm", [True, False])
+@pytest.mark.parametrize("K,V", [(16, 16), (24, 40)])
+def test_delta_rule_step_matches_reference(l2norm, K, V):
+    gen = torch.Generator().manual_seed(K + V + l2norm)
+    B, H = 3, 2
+    q, k, v = _tensors((B, H, K), (B, H, K), (B, H, V), gen=gen)
+    beta = torch.rand(B, H, generator=gen).to(DEVICE)
+    state = torch.randn(B, H, K, V, generator=gen).to(DEVICE)
+    o, s = delta_rule_step_triton(q, k, v, beta, state, scale=0.5, l2norm_qk=l2norm)
+    o_ref, s_ref = delta_rule_step_reference(q, k, v, beta, state, 0.5, l2norm)
+    assert_close("o", o, o_ref, 1e-5)
+    assert_close("state", s, s_ref, 1e-5)
+    assert s.data_ptr() != state.data_ptr()
+
+
+# ---------------------------------------------------------------- sliding window
+
+
+def _swa_dense(q, k, v, *, window, resets, prefix_k, prefix_v, prefix_len, scale):
+    """Full [T, P+T] masked softmax in float64 (differentiable ground truth)."""
+    B, T, H, K = q.shape
+    P = window - 1
+    scale = K**-0.5 if scale is None else scale
+    if prefix_k is None:
+        prefix_k = k.new_zeros(B, P, H, K)
+        prefix_v = v.new_zeros(B, P, H, v.shape[-1])
+        prefix_len = torch.zeros(B, dtype=torch.long, device=q.device)
+    keys = torch.cat([prefix_k, k], 1).double()
+    vals = torch.cat([prefix_v, v], 1).double()
+    j = torch.arange(-P, T, device=q.device)
+    t = torch.arange(T, device=q.device)
+    seg = (
+        resets.long().cumsum(1) if resets is not None else torch.zeros(B, T, dtype=torch.long)
+    ).to(q.device)
+    seg_k = torch.cat([seg.new_zeros(B, P), seg], 1)
+    valid_k = j[None, :] >= -prefix_len.to(q.device)[:, None]
+    allowed = (
+        (j[None, None, :] <= t[None, :, None])
+        & (j[None, None, :] > t[None, :, None] - window)
+        & (seg_k[:, None, :] == seg[:, :, None])
+        & valid_k[:, None, :]
+    )  # [B, T, P+T]
+    s = torch.einsum("bthk,bjhk->bhtj", q.double(), keys) * scale
+    s = s.masked_fill(~allowed[:, None], float("-inf"))
+    return torch.einsum("bhtj,bjhv->bthv", s.softmax(-1), vals)
+
+
+SWA_CASES = {
+    # name: (B, T, H, K, V, window, resets, prefix_len, scale, dtype, tol)
+    "resets_prefix_T100": (2, 100, 1, 16, 32, 20, [(0, 30), (1, 99)], [5, 19], None,
+                           torch.float32, 1e-4),
+    "plain_T63": (1, 63, 2, 16, 16, 8, None, None, 0.3, torch.float32, 1e-4),
+    "window1": (1, 40, 1, 16, 16, 1, [(0, 3)], None, None, torch.float32, 1e-4),
+    "window_over_T": (1, 63, 1, 24, 16, 90, [(0, 50)], [70], None, torch.float32, 1e-4),
+    "fp16": (1, 70, 1, 16, 16, 16, [(0, 10)], [15], None, torch.float16, 1e-2),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SWA_CASES))
+def test_sliding_window_matches_dense_reference(case):
+    B, T, H, K, V, W, forced, plen, scale, dtype, tol = SWA_CASES[case]
+    gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
+    q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, V), dtype=dtype, gen=gen)
+    resets = None if forced is None else _resets(B, T, gen, forced).to(DEVICE)
+    prefix = {"prefix_k": None, "prefix_v": None, "prefix_len": None}
+    if plen is not None:
+        pk, pv = _tensors((B, W - 1, H, K), (B, W - 1, H, V), dtype=dtype, gen=gen)
+        prefix = {"prefix_k": pk, "prefix_v": pv, "prefix_len": torch.tensor(plen).to(DEVICE)}
+    kwargs = dict(window=W, resets=resets, scale=scale, **prefix)
+    o = sliding_window_attention_triton(q, k, v, **kwargs)
+    o_ref = _swa_dense(q, k, v, **kwargs)
+    assert o.dtype == v.dtype
+    assert_close(f"{case} o", o, o_ref, tol)
+    with torch.no_grad():
+        assert_close(f"{case} o vs reference.py", o, sliding_window_attention_reference(
+            q, k, v, **kwargs), tol)  # fmt: skip
+
+    do = torch.randn(o.shape, generator=gen).to(DEVICE)
+    inputs = [x for x in (q, k, v, prefix["prefix_k"], prefix["prefix_v"]) if x is not None]
+    grads = torch.autograd.grad((o.float() * do).sum(), inputs)
+    grads_ref = torch.autograd.grad((o_ref * do).sum(), inputs)
+    for name, g, g_ref in zip(["dq", "dk", "dv", "dprefix_k", "dprefix_v"], grads, grads_ref):
+        assert g.dtype == dtype
+        assert_close(f"{case} {name}", g, g_ref, tol)
+
+
+def test_public_sliding_window_dispatches_to_triton():
+    from rlmem.kernels.sliding_window import sliding_window_attention
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = _tensors((1, 30, 1, 16), (1, 30, 1, 16), (1, 30, 1, 16), gen=gen)
+    with torch.no_grad():
+        o = sliding_window_attention(q, k, v, window=8, impl="triton")
+        o_ref = sliding_window_attention(q, k, v, window=8, impl="torch")
+    assert_close("o", o, o_ref, 1e-4)
