@@ -106,3 +106,12 @@ def test_cli_lists_every_core_with_its_options(capsys):
     for name in EXPECTED:
         assert name in out
     assert "window=64" in out and "beta_range=2" in out
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_an_empty_sequence_leaves_the_state_unchanged(name):
+    core = make_core(name, d_model=16, n_layers=1, n_heads=2)
+    _, state = core(torch.randn(2, 3, 16))
+    y, same = core(torch.randn(2, 0, 16), state)
+    assert y.shape == (2, 0, 16)
+    assert all(torch.equal(a, b) for a, b in zip(tree_leaves(same), tree_leaves(state)))

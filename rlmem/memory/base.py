@@ -168,6 +168,8 @@ class MemoryCore(nn.Module):
                 f"got {list(resets.shape)}"
             )
         resets = resets.to(device=x.device, dtype=torch.bool)
+        if T == 0:  # nothing to consume: the state carries over unchanged
+            return self.norm(x), state
         new_state = []
         h = x
         for block, layer_state in zip(self.blocks, state):

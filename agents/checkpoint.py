@@ -1,0 +1,99 @@
+"""Atomic checkpoints and the run directory layout.
+
+    DIR/config.json      the run's arguments (written once, read by `--resume` and `rlmem eval`)
+    DIR/checkpoint.pt    latest checkpoint: weights, optimizer, counters, RNG states, stats
+    DIR/events.out...    TensorBoard scalars
+
+A checkpoint is written to a temporary file in the same directory and moved into place with
+`os.replace`, so a crash mid-write leaves the previous checkpoint intact.
+
+Resuming restarts the environments' episodes cleanly: envs are reset (reseeded from the seed
+and the update count) and the core state starts from `initial_state`, because env internals
+cannot be saved in general. Everything the learner owns - weights, optimizer, step and update
+counters, RNG states, episode statistics and MMER - continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """`torch.save` to a temporary file beside `path`, then `os.replace` it into place."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_config(run_dir: str, config: dict[str, Any]) -> None:
+    """Writes `config.json` atomically."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, CONFIG_FILE)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def read_config(run_dir: str) -> dict[str, Any]:
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {run_dir!r} an rlmem run directory?")
+    with open(path) as f:
+        return json.load(f)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(run_dir: str, payload: dict[str, Any]) -> str:
+    """Writes `payload` (plus the RNG states) to `run_dir/checkpoint.pt` atomically."""
+    path = os.path.join(run_dir, CHECKPOINT_FILE)
+    atomic_torch_save({**payload, "rng": rng_state()}, path)
+    return path
+
+
+def load_checkpoint(run_dir: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = os.path.join(run_dir, CHECKPOINT_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=False)

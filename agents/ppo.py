@@ -1,0 +1,492 @@
+"""Recurrent PPO with any memory core, CleanRL style: `rlmem ppo --env ENV --core CORE`.
+
+Skeleton: Args -> envs -> agent -> storage -> [rollout (core.step) -> GAE -> update (core.forward
+over whole env rows from the rollout-start state, minibatches by env)] -> logs, checkpoints.
+
+* Acting: `agent.act` under `torch.inference_mode`, one `core.step` per vector step with the
+  reset flags of the observations (True where obs t starts an episode).
+* Truncation bootstraps: when step t truncates env n, V(final obs) is computed at once from the
+  env's state after step t (before its reset) and used in GAE; terminations stop the trace.
+* Update: each env row (or, with `--bptt-chunk C`, each C-step chunk from its stored state) is
+  replayed with `core.forward` under the current weights; minibatches split envs, not time.
+* `rlmem ppo` with no arguments trains hqlt-sync on popgym/RepeatPreviousEasy for a few
+  minutes on a laptop CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agents.args import arg, parse_args, parse_options
+from agents.checkpoint import (
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+    set_rng_state,
+    write_config,
+)
+from agents.gae import compute_gae
+from agents.metrics import EpisodeStats, Logger, explained_variance, progress_bar
+from agents.policy import Agent
+from agents.storage import RolloutStorage
+from envs import get_spec, make_vector_env
+from rlmem.memory import core_options, index_state
+
+
+@dataclass
+class Args:
+    env: str = arg("popgym/RepeatPreviousEasy", "environment name (`rlmem envs` lists them)")
+    env_opt: list[str] = arg(
+        [], "env options key=value, e.g. agent_view_size=3", metavar="KEY=VALUE"
+    )
+    core: str = arg("hqlt-sync", "memory core (`rlmem cores` lists them)")
+    core_opt: list[str] = arg(
+        ["d_model=64", "n_layers=1"],
+        "core options key=value, e.g. d_model=128 n_layers=3; they are added after the "
+        "laptop-sized defaults, and later values win",
+        metavar="KEY=VALUE",
+    )
+    hidden: int | None = arg(None, "encoder hidden width (default: the core's d_model)")
+    total_steps: int = arg(150_000, "total env steps")
+    num_envs: int | None = arg(None, "parallel envs N (default: 16 on CPU, 512 on CUDA)")
+    num_steps: int = arg(64, "rollout length T per env and update")
+    num_workers: int | None = arg(
+        None,
+        "env processes (default: 1 = in-process for POPGym and gymnasium, up to 8 for MiniGrid)",
+    )
+    seed: int = arg(1, "random seed")
+    run_dir: str | None = arg(None, "run directory (default: runs/<env>__<core>__s<seed>__<time>)")
+    resume: str | None = arg(
+        None,
+        "continue the run in this directory (same step counter, "
+        "optimizer, RNG and TensorBoard curves)",
+        metavar="DIR",
+    )
+    device: str = arg("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
+    lr: float = arg(2e-3, "Adam learning rate")
+    anneal_lr: bool = arg(True, "anneal the learning rate linearly to 0")
+    gamma: float = arg(0.99, "discount")
+    gae_lambda: float = arg(0.95, "GAE lambda")
+    num_minibatches: int = arg(4, "minibatches per epoch (split by env / sequence, not time)")
+    update_epochs: int = arg(4, "epochs per update")
+    norm_adv: bool = arg(True, "normalise advantages per minibatch")
+    clip_coef: float = arg(0.2, "PPO ratio clip")
+    clip_vloss: bool = arg(True, "clip the value loss")
+    ent_coef: float = arg(0.01, "entropy bonus")
+    vf_coef: float = arg(0.5, "value loss coefficient")
+    max_grad_norm: float = arg(0.5, "gradient clipping norm")
+    target_kl: float | None = arg(None, "stop the epochs of an update early above this KL")
+    bptt_chunk: int | None = arg(
+        None,
+        "truncated BPTT: replay C-step chunks from the states "
+        "stored at chunk starts (default: whole rows)",
+    )
+    stats_window: int = arg(100, "episodes in the reporting window (mean return, MMER)")
+    max_seconds: float | None = arg(
+        None,
+        "stop after the update that passes this wall time "
+        "(checkpoint and summary are still written)",
+    )
+    checkpoint_every: int = arg(50, "write a checkpoint every K updates (and at the end)")
+    tensorboard: bool = arg(True, "log TensorBoard scalars to the run directory")
+    progress: bool = arg(True, "show a progress bar")
+    torch_threads: int = arg(1, "CPU threads for torch (small models run best on one)")
+
+
+# Fields a resumed run may change; the others define the run and come from its config.json.
+RESUMABLE = {
+    "total_steps",
+    "device",
+    "num_workers",
+    "checkpoint_every",
+    "tensorboard",
+    "progress",
+    "torch_threads",
+    "max_seconds",
+    "resume",
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+def resolve_args(args: Args, device: torch.device) -> Args:
+    """Fills the defaults that depend on the device and env, and names the run directory."""
+    spec = get_spec(args.env)
+    num_envs = args.num_envs or (512 if device.type == "cuda" else 16)
+    num_workers = args.num_workers
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1, num_envs) if spec.family == "minigrid" else 1
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.run_dir or os.path.join(
+        "runs", f"{args.env.replace('/', '_')}__{args.core}__s{args.seed}__{stamp}"
+    )
+    return dataclasses.replace(args, num_envs=num_envs, num_workers=num_workers, run_dir=run_dir)
+
+
+def make_envs(args: Args):
+    return make_vector_env(
+        args.env,
+        args.num_envs,
+        parse_options(args.env_opt, "--env-opt"),
+        num_workers=args.num_workers,
+    )
+
+
+def make_agent(args: Args, envs) -> Agent:
+    return Agent(
+        envs.single_observation_space,
+        envs.single_action_space,
+        args.core,
+        parse_options(args.core_opt, "--core-opt"),
+        hidden=args.hidden,
+    )
+
+
+def to_device(obs: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in obs.items()}
+
+
+@dataclass
+class Carry:
+    """What the actor carries from one rollout to the next."""
+
+    obs: dict[str, torch.Tensor]  # [N, ...] the next observation
+    resets: torch.Tensor  # bool [N]: obs starts an episode
+    state: object  # core state before consuming obs
+
+
+@torch.inference_mode()
+def _act(agent, carry):
+    return agent.act(carry.obs, carry.state, carry.resets)
+
+
+def collect_rollout(
+    agent: Agent, envs, storage: RolloutStorage, carry: Carry, stats: EpisodeStats
+) -> Carry:
+    """Fills `storage` with T steps of every env and returns the carry for the next rollout."""
+    device = storage.device
+    for t in range(storage.num_steps):
+        storage.store_state(t, carry.state)
+        out = _act(agent, carry)
+        storage.insert_action(t, carry.obs, carry.resets, out.action, out.logprob, out.value)
+        actions = agent.env_action(out.action).cpu().numpy()
+        obs, reward, terminated, truncated, info = envs.step(actions)
+        flags = torch.from_numpy(np.stack([reward, terminated, truncated]).astype(np.float32))
+        reward_t, term_t, trunc_t = flags.to(device, non_blocking=True).unbind(0)
+        term_t, trunc_t = term_t > 0.5, trunc_t > 0.5
+        storage.insert_outcome(t, reward_t, term_t, trunc_t)
+        done = info["done_index"]
+        if len(done):
+            stats.add(info["episode_return"], info["episode_length"])
+            bootstrap = truncated[done] & ~terminated[done]
+            if bootstrap.any():
+                rows = torch.from_numpy(done[bootstrap]).to(device)
+                final = to_device({k: v[bootstrap] for k, v in info["final_obs"].items()}, device)
+                with torch.inference_mode():
+                    final_value = agent.value(final, index_state(out.state, rows))
+                storage.final_values[rows, t] = final_value
+        carry = Carry(to_device(obs, device), term_t | trunc_t, out.state)
+    return carry
+
+
+def ppo_update(
+    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, update: int
+) -> dict[str, float]:
+    """Runs the PPO epochs on `batch` (see `RolloutStorage.sequences`); returns loss stats."""
+    S = batch["resets"].shape[0]
+    mb_size = max(1, S // args.num_minibatches)
+    device = batch["resets"].device
+    sums = torch.zeros(6, device=device)
+    count = 0
+    for _ in range(args.update_epochs):
+        perm = torch.randperm(S, device=device)
+        for start in range(0, S - mb_size + 1, mb_size):
+            idx = perm[start : start + mb_size]
+            logp, entropy, value, _ = agent.evaluate(
+                {k: v[idx] for k, v in batch["obs"].items()},
+                index_state(batch["state"], idx),
+                batch["resets"][idx],
+                batch["actions"][idx],
+            )
+            logratio = logp - batch["logprobs"][idx]
+            ratio = logratio.exp()
+            adv = batch["advantages"][idx]
+            if args.norm_adv:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+            pg_loss = torch.max(
+                -adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+            ).mean()
+            returns, old_values = batch["returns"][idx], batch["values"][idx]
+            if args.clip_vloss:
+                clipped = old_values + (value - old_values).clamp(-args.clip_coef, args.clip_coef)
+                v_loss = 0.5 * torch.max((value - returns) ** 2, (clipped - returns) ** 2).mean()
+            else:
+                v_loss = 0.5 * F.mse_loss(value, returns)
+            ent = entropy.mean()
+            loss = pg_loss - args.ent_coef * ent + args.vf_coef * v_loss
+            if not torch.isfinite(loss).item():
+                raise FloatingPointError(
+                    f"non-finite PPO loss at update {update}: policy {pg_loss.item():.4g}, "
+                    f"value {v_loss.item():.4g}, entropy {ent.item():.4g}; not training on it "
+                    "(lower --lr, check the env's rewards / observations for NaN or inf)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean()
+                clipfrac = ((ratio - 1).abs() > args.clip_coef).float().mean()
+                sums += torch.stack(
+                    [pg_loss, v_loss, ent, approx_kl, (-logratio).mean(), clipfrac]
+                ).detach()
+            count += 1
+        if args.target_kl is not None and approx_kl.item() > args.target_kl:
+            break
+    means = (sums / max(count, 1)).tolist()
+    keys = ["policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac"]
+    return dict(zip(keys, means))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(args: Args, resume_state: dict | None = None) -> dict:
+    """Trains (or continues) one run; returns the summary printed at the end."""
+    device = resolve_device(args.device)
+    spec = get_spec(args.env)
+    if resume_state is None:
+        args = resolve_args(args, device)
+        write_config(args.run_dir, dataclasses.asdict(args))
+    _seed_everything(args.seed)
+    torch.set_num_threads(args.torch_threads)
+    N, T = args.num_envs, args.num_steps
+    batch_steps = N * T
+    num_updates = math.ceil(args.total_steps / batch_steps)
+
+    envs = make_envs(args)
+    agent = make_agent(args, envs).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.lr, eps=1e-5)
+    stats = EpisodeStats(args.stats_window, success=spec.score == "success")
+    start_update, global_step = 0, 0
+    if resume_state is not None:
+        agent.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        stats.load_state_dict(resume_state["stats"])
+        start_update, global_step = resume_state["update"], resume_state["global_step"]
+        set_rng_state(resume_state["rng"])
+
+    action_head = agent.actor
+    storage = RolloutStorage(
+        envs.single_observation_space,
+        action_head.action_shape,
+        action_head.action_dtype,
+        N,
+        T,
+        device,
+        args.bptt_chunk,
+    )
+    logger = Logger(
+        args.run_dir, args.tensorboard, start_step=global_step if resume_state is not None else None
+    )
+    if resume_state is None:
+        logger.text(
+            "config", "\n".join(f"    {k}: {v}" for k, v in dataclasses.asdict(args).items())
+        )
+    n_params = sum(p.numel() for p in agent.parameters())
+
+    # Resuming restarts episodes cleanly (see agents.checkpoint); envs reseed per start update.
+    obs = envs.reset(seed=args.seed + 104_729 * start_update)
+    carry = Carry(
+        to_device(obs, device),
+        torch.ones(N, dtype=torch.bool, device=device),
+        agent.initial_state(N, device),
+    )
+
+    bar = progress_bar(
+        num_updates * batch_steps,
+        global_step,
+        desc=f"{args.env} {args.core}",
+        enabled=args.progress,
+    )
+    start_time, start_step = time.time(), global_step
+    losses: dict[str, float] = {}
+
+    def checkpoint(update: int) -> None:
+        save_checkpoint(
+            args.run_dir,
+            {
+                "model": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "update": update,
+                "global_step": global_step,
+                "stats": stats.state_dict(),
+                "config": dataclasses.asdict(args),
+            },
+        )
+
+    try:
+        for update in range(start_update, num_updates):
+            if args.anneal_lr:
+                optimizer.param_groups[0]["lr"] = args.lr * (1.0 - update / num_updates)
+            agent.eval()
+            carry = collect_rollout(agent, envs, storage, carry, stats)
+            global_step += batch_steps
+            with torch.inference_mode():
+                next_value = agent.value(carry.obs, carry.state, carry.resets)
+            advantages, returns = compute_gae(
+                storage.rewards,
+                storage.values,
+                storage.terminated,
+                storage.truncated,
+                storage.final_values,
+                next_value.clone(),
+                args.gamma,
+                args.gae_lambda,
+            )
+            agent.train()
+            losses = ppo_update(
+                agent,
+                optimizer,
+                storage.sequences(advantages=advantages, returns=returns),
+                args,
+                update,
+            )
+            losses["explained_variance"] = explained_variance(
+                storage.values.cpu().numpy().ravel(), returns.cpu().numpy().ravel()
+            )
+            sps = (global_step - start_step) / (time.time() - start_time)
+            stats.update_mmer()
+            episode = stats.summary()
+            if spec.score != "popgym":
+                episode.pop("mmer_normalised")
+            logger.scalars({f"charts/{k}": v for k, v in episode.items()}, global_step)
+            logger.scalars({f"losses/{k}": v for k, v in losses.items()}, global_step)
+            logger.scalars(
+                {"charts/SPS": sps, "charts/learning_rate": optimizer.param_groups[0]["lr"]},
+                global_step,
+            )
+            bar.update(batch_steps)
+            bar.set_postfix_str(
+                f"sps={sps:,.0f} return={episode['episodic_return']:.3f} "
+                f"mmer={episode['mmer']:.3f}",
+                refresh=False,
+            )
+            out_of_time = args.max_seconds is not None and (
+                time.time() - start_time >= args.max_seconds
+            )
+            if (
+                (update + 1) % args.checkpoint_every == 0
+                or update + 1 == num_updates
+                or (out_of_time)
+            ):
+                checkpoint(update + 1)
+            if out_of_time:
+                break
+    finally:
+        bar.close()
+        logger.close()
+        envs.close()
+
+    elapsed = time.time() - start_time
+    summary = {
+        "env": args.env,
+        "core": args.core,
+        "params": n_params,
+        "steps": global_step,
+        "updates": global_step // batch_steps,
+        "seconds": round(elapsed, 1),
+        "sps": round((global_step - start_step) / max(elapsed, 1e-9)),
+        "device": str(device),
+        "num_envs": N,
+        "run_dir": args.run_dir,
+        **stats.summary(),
+        "episodes": stats.episodes,
+    }
+    if spec.score != "popgym":
+        summary.pop("mmer_normalised")
+    with open(os.path.join(args.run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def check_names(args: Args) -> None:
+    """Raises a ValueError listing the valid names for a bad env, core or core option."""
+    get_spec(args.env)
+    valid = core_options(args.core)
+    unknown = sorted(set(parse_options(args.core_opt, "--core-opt")) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for core {args.core!r}; valid options: {sorted(valid)}"
+        )
+    parse_options(args.env_opt, "--env-opt")
+
+
+def print_summary(summary: dict) -> None:
+    print("\nrun summary")
+    for key, value in summary.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key:18s} {text}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, given = parse_args(
+        Args, argv, prog="rlmem ppo", description="Train a memory agent with recurrent PPO."
+    )
+    resume_state = None
+    if args.resume:
+        config = read_config(args.resume)
+        fixed = sorted(given - RESUMABLE)
+        if fixed:
+            print(
+                f"rlmem ppo: cannot change {', '.join('--' + f.replace('_', '-') for f in fixed)}"
+                f" when resuming; resumable: "
+                f"{', '.join('--' + f.replace('_', '-') for f in sorted(RESUMABLE))}",
+                file=sys.stderr,
+            )
+            return 2
+        config.update({k: getattr(args, k) for k in given})
+        config["run_dir"] = args.resume
+        args = Args(
+            **{f.name: config[f.name] for f in dataclasses.fields(Args) if f.name in config}
+        )
+        resume_state = load_checkpoint(args.resume)
+        if given & {"total_steps"}:
+            write_config(args.run_dir, dataclasses.asdict(args))
+    try:
+        check_names(args)
+    except ValueError as err:
+        print(f"rlmem ppo: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = train(args, resume_state)
+    except FloatingPointError as err:
+        print(f"rlmem ppo: {err}", file=sys.stderr)
+        return 1
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
