@@ -37,6 +37,7 @@ from agents.checkpoint import (
     write_config,
 )
 from agents.gae import compute_gae
+from agents.graphed import GraphedActor
 from agents.metrics import EpisodeStats, Logger, explained_variance, progress_bar
 from agents.policy import Agent
 from agents.storage import RolloutStorage
@@ -101,6 +102,7 @@ class Args:
     checkpoint_every: int = arg(50, "write a checkpoint every K updates (and at the end)")
     tensorboard: bool = arg(True, "log TensorBoard scalars to the run directory")
     progress: bool = arg(True, "show a progress bar")
+    cuda_graph: bool = arg(True, "on CUDA, act through a CUDA graph (acting is launch-bound)")
     torch_threads: int = arg(1, "CPU threads for torch (small models run best on one)")
 
 
@@ -112,6 +114,7 @@ RESUMABLE = {
     "checkpoint_every",
     "tensorboard",
     "progress",
+    "cuda_graph",
     "torch_threads",
     "max_seconds",
     "resume",
@@ -172,19 +175,17 @@ class Carry:
     state: object  # core state before consuming obs
 
 
-@torch.inference_mode()
-def _act(agent, carry):
-    return agent.act(carry.obs, carry.state, carry.resets)
-
-
 def collect_rollout(
-    agent: Agent, envs, storage: RolloutStorage, carry: Carry, stats: EpisodeStats
+    agent: Agent, envs, storage: RolloutStorage, carry: Carry, stats: EpisodeStats, actor=None
 ) -> Carry:
-    """Fills `storage` with T steps of every env and returns the carry for the next rollout."""
+    """Fills `storage` with T steps of every env and returns the carry for the next rollout.
+    `actor` (default `agent.act`) acts for every env, e.g. a `GraphedActor`."""
     device = storage.device
+    actor = actor or agent.act
     for t in range(storage.num_steps):
         storage.store_state(t, carry.state)
-        out = _act(agent, carry)
+        with torch.no_grad():
+            out = actor(carry.obs, carry.state, carry.resets)
         storage.insert_action(t, carry.obs, carry.resets, out.action, out.logprob, out.value)
         actions = agent.env_action(out.action).cpu().numpy()
         obs, reward, terminated, truncated, info = envs.step(actions)
@@ -345,12 +346,13 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
             },
         )
 
+    actor = GraphedActor(agent, enabled=args.cuda_graph)
     try:
         for update in range(start_update, num_updates):
             if args.anneal_lr:
                 optimizer.param_groups[0]["lr"] = args.lr * (1.0 - update / num_updates)
             agent.eval()
-            carry = collect_rollout(agent, envs, storage, carry, stats)
+            carry = collect_rollout(agent, envs, storage, carry, stats, actor)
             global_step += batch_steps
             with torch.inference_mode():
                 next_value = agent.value(carry.obs, carry.state, carry.resets)

@@ -20,9 +20,15 @@ def triton_available() -> bool:
 
 def resolve_impl(impl: str, *tensors: torch.Tensor, has_triton_path: bool = True) -> str:
     """`auto` is Triton on CUDA tensors (or under TRITON_INTERPRET=1) when the op has a Triton
-    path and triton imports, else the PyTorch reference."""
+    path and triton imports, else the PyTorch reference. The environment variable RLMEM_IMPL
+    (torch | triton) overrides what `auto` picks, e.g. to compare paths end to end."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    forced = os.environ.get("RLMEM_IMPL", "auto")
+    if impl == "auto" and forced != "auto":
+        if forced not in IMPLS:
+            raise ValueError(f"RLMEM_IMPL={forced!r} is not one of {', '.join(IMPLS)}")
+        impl = forced if (forced == "torch" or has_triton_path) else "torch"
     if impl != "auto":
         if impl == "triton" and not has_triton_path:
             raise ValueError("this op has no Triton implementation; use impl='torch'")

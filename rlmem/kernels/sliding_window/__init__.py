@@ -61,6 +61,10 @@ def sliding_window_attention(
         prefix_len=prefix_len,
         scale=scale,
     )
+    # One query per row (acting, decoding): under "auto" the PyTorch decode path, a handful of
+    # small kernels with no host synchronisation, so it can be captured in a CUDA graph.
+    if T == 1 and impl == "auto":
+        impl = "torch"
     if resolve_impl(impl, q, k, v) == "triton":
         from rlmem.kernels.sliding_window.triton import sliding_window_attention_triton
 

@@ -1,0 +1,75 @@
+"""Acting through a CUDA graph.
+
+Acting is launch-bound: one policy step is a few hundred small kernels (encoder, every layer
+of the core, heads, sampling) over a batch of a few hundred envs, so the GPU waits on Python.
+`GraphedActor` captures `Agent.act` for a fixed batch once and then replays it: inputs are
+copied into static buffers, the graph runs, outputs are read back. Weights are read by address,
+so optimizer steps (in place) are seen by later replays. Anything that cannot be captured
+falls back to eager acting with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from agents.policy import ActOutput, Agent, Obs
+from rlmem.memory import State, tree_map
+
+
+def _copy_into(static: State, value: State) -> None:
+    tree_map(lambda s, v: s.copy_(v), static, value)
+
+
+class GraphedActor:
+    """`actor(obs, state, resets)` == `agent.act(obs, state, resets)` (sampled actions), replayed
+    from a CUDA graph on CUDA and eager elsewhere.
+
+    The returned state is a static buffer that the next call overwrites: clone it to keep it
+    (rollout storage does). Actions, log-probs and values are fresh tensors.
+    """
+
+    def __init__(self, agent: Agent, enabled: bool = True):
+        self.agent = agent
+        self.enabled = enabled
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: dict | None = None
+
+    @torch.no_grad()
+    def __call__(self, obs: Obs, state: State, resets: torch.Tensor) -> ActOutput:
+        if not self.enabled or resets.device.type != "cuda":
+            return self.agent.act(obs, state, resets)
+        if self.graph is None:
+            try:
+                self._capture(obs, state, resets)
+            except RuntimeError as err:  # e.g. an op that synchronises with the host
+                warnings.warn(f"CUDA graph capture failed, acting eagerly: {err}", stacklevel=2)
+                self.enabled = False
+                torch.cuda.synchronize()
+                return self.agent.act(obs, state, resets)
+        static = self.static
+        _copy_into(static["obs"], obs)
+        static["resets"].copy_(resets)
+        _copy_into(static["state"], state)  # often the output buffers of the last replay
+        self.graph.replay()
+        out = static["out"]
+        return ActOutput(out.action.clone(), out.logprob.clone(), out.value.clone(), out.state)
+
+    def _capture(self, obs: Obs, state: State, resets: torch.Tensor) -> None:
+        static = {
+            "obs": tree_map(torch.clone, obs),
+            "state": tree_map(torch.clone, state),
+            "resets": resets.clone(),
+        }
+        run = lambda: self.agent.act(static["obs"], static["state"], static["resets"])
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: allocator pools, cuBLAS handles, autotuning
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static["out"] = run()
+        self.graph, self.static = graph, static
