@@ -22,7 +22,7 @@ def kv_initial_state(batch_size, length, n_heads, head_dim, device=None, extra=(
     return state
 
 
-def kv_push(buffers: dict, new: dict, resets: torch.Tensor) -> dict:
+def kv_push(buffers: dict, new: dict, resets: torch.Tensor | None) -> dict:
     """Appends the tensors of `new` [B, T, ...] to the same-named buffers (see `shift_in`)."""
     out = dict(buffers)
     for name, value in new.items():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmem.memory.state import State, check_state, reset_state
+from rlmem.memory.state import State, check_state, reset_state, tree_leaves
 
 
 class SwiGLU(nn.Module):
@@ -110,6 +110,7 @@ class MemoryCore(nn.Module):
             Block(d_model, self.make_mixer(i), dropout, ffn_hidden) for i in range(n_layers)
         )
         self.norm = nn.RMSNorm(d_model, eps=1e-6)
+        self._state_shapes: dict[int, list[tuple[int, ...]]] = {}
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             # GPT-2 style: shrink the projections that write into the residual stream.
@@ -213,7 +214,11 @@ class MemoryCore(nn.Module):
     def _checked_state(self, state: State | None, batch_size: int, device) -> State:
         if state is None:
             return self.initial_state(batch_size, device)
-        check_state(state, self.initial_state(batch_size, "meta"), self.name)
+        shapes = self._state_shapes.get(batch_size)
+        if shapes is None:  # cached: building even a meta state costs host time every step
+            meta = self.initial_state(batch_size, "meta")
+            shapes = self._state_shapes[batch_size] = [tuple(x.shape) for x in tree_leaves(meta)]
+        check_state(state, shapes, self.name)
         return state
 
 

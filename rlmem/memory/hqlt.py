@@ -118,8 +118,8 @@ class HQLTMixer(Mixer):
         """The KV buffers after appending this call's tokens."""
         if self.variant != "delayed-chunk":
             return kv_push(kv, new, resets)
-        starts = resets | (pos % self.chunk == 0)
-        kv = kv_push(kv, new, starts)
+        starts = pos % self.chunk == 0
+        kv = kv_push(kv, new, starts if resets is None else starts | resets)
         # A chunk that is complete has been written to FW: its buffer empties.
         done = pos[:, -1] % self.chunk == self.chunk - 1
         return {
@@ -236,7 +236,7 @@ class HQLTMixer(Mixer):
         new = self._new_entries(
             k_kv, v[:, None], k[:, None], beta[:, None] if beta is not None else None
         )
-        kv = self._push(kv, new, no_resets, pos)
+        kv = self._push(kv, new, None, pos)
         o = self.mixing(o_fw.to(o_kv.dtype), o_kv, x)
         return self.out(o, x), {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
 

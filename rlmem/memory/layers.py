@@ -27,17 +27,22 @@ def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Ten
     return (x.float() * cos + rotated * sin).to(x.dtype)
 
 
-def shift_in(buffer: torch.Tensor, new: torch.Tensor, count: torch.Tensor, resets: torch.Tensor):
+def shift_in(
+    buffer: torch.Tensor, new: torch.Tensor, count: torch.Tensor, resets: torch.Tensor | None
+):
     """Appends `new` to a right-aligned buffer, keeping its last L entries of this episode.
 
     buffer [B, L, ...] (oldest first), new [B, T, ...], count int [B] valid entries of
-    `buffer`, resets bool [B, T]. Returns (buffer [B, L, ...], count [B]); entries from before
-    the last reset or beyond `count` are zero, so equal histories give equal buffers.
+    `buffer`, resets bool [B, T] or None (none). Returns (buffer [B, L, ...], count [B]); entries
+    from before the last reset or beyond `count` are zero, so equal histories give equal
+    buffers.
     """
     L, T = buffer.shape[1], new.shape[1]
     if L == 0:
         return buffer, count
     full = torch.cat([buffer, new.to(buffer.dtype)], dim=1)[:, -L:]
+    if resets is None:  # the invalid entries were zeros already and stay in front
+        return full, (count + T).clamp(max=L)
     idx = torch.arange(T, device=new.device)
     last_reset = torch.where(resets, idx, torch.full_like(idx, -1)).amax(dim=1)  # [B]
     count = torch.where(last_reset >= 0, T - last_reset, count + T).clamp(max=L)

@@ -113,16 +113,14 @@ def states_close(a: State, b: State, rtol: float = 1e-5, atol: float = 1e-6) -> 
     )
 
 
-def check_state(state: State, expected: State, core_name: str) -> None:
-    """Raises a ValueError naming the expected shapes if `state` does not fit this core."""
+def check_state(state: State, expected_shapes: list[tuple[int, ...]], core_name: str) -> None:
+    """Raises a ValueError naming the expected leaf shapes if `state` does not fit a core."""
     try:
-        got, want = tree_leaves(state), tree_leaves(expected)
+        got = [tuple(x.shape) for x in tree_leaves(state)]
     except TypeError as err:
         raise ValueError(f"{core_name}: state is not a pytree of tensors ({err})") from None
-    shapes_got = [tuple(x.shape) for x in got]
-    shapes_want = [tuple(x.shape) for x in want]
-    if shapes_got != shapes_want:
+    if got != list(expected_shapes):
         raise ValueError(
             f"{core_name}: state does not fit this core and batch size: expected leaf shapes "
-            f"{shapes_want}, got {shapes_got} (was it made by another core or batch size?)"
+            f"{list(expected_shapes)}, got {got} (was it made by another core or batch size?)"
         )
