@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Evaluate a trained agent's run directory.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("run_dir", metavar="DIR", help="run directory written by `rlmem ppo`")
+    parser.add_argument(
+        "run_dir", metavar="DIR", help="run directory written by `rlmem ppo` or `rlmem impala`"
+    )
     parser.add_argument("--episodes", type=int, default=100, help="episodes to play")
     parser.add_argument("--num-envs", type=int, default=16, help="parallel envs")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

@@ -459,6 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     resume_state = None
     if args.resume:
         config = read_config(args.resume)
+        if config.get("algorithm", "ppo") != "ppo":
+            print(
+                f"rlmem ppo: {args.resume} is an {config['algorithm']} run; resume it with "
+                f"`rlmem {config['algorithm']} --resume`",
+                file=sys.stderr,
+            )
+            return 2
         fixed = sorted(given - RESUMABLE)
         if fixed:
             print(
