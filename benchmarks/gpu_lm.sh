@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The LM / synthetic-task acceptance runs of issue 6 on one GPU, in one go (about 7 min on an H100).
+# From the repo root:  source .device/setup.sh; bash benchmarks/gpu_lm.sh
+#   (1) parity, 2 layers, d_model 128, 4 heads, window 8 (chunk 16), paper options:
+#       hqlt-sync should reach >= 95% normalised test accuracy (lengths 40-256),
+#       hqlt-delayed-stream and hqlt-delayed-chunk should stay near chance;
+#   (2) LM training tokens/s of hqlt-sync vs a same-size full-attention transformer, T=2048
+#       (rlmem's `transformer` core and the SDPA flash-attention peer of BENCHMARKS.md);
+#   (3) validation perplexity after a fixed token budget on the stdlib corpus:
+#       transformer, deltanet, hqlt-sync.
+# Logs and JSON go to $OUT (or /tmp/rlmem-lm); the last lines are the results table.
+# Knobs: PARITY_S (seconds of training per parity run), LM_STEPS (steps of run 3).
+set -u
+OUT=${OUT:-/tmp/rlmem-lm}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+export RLMEM_CACHE=${RLMEM_CACHE:-/tmp/rlmem-cache}
+PARITY_S=${PARITY_S:-60}
+LM_STEPS=${LM_STEPS:-300}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+python3 -c "import torch; print('torch', torch.__version__)"
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%F)"
+
+echo "== (1) parity: train lengths 3-40, test lengths 40-256, 4000 steps or ${PARITY_S}s per core"
+for core in hqlt-sync hqlt-delayed-stream hqlt-delayed-chunk; do
+    timeout $((PARITY_S + 60)) python3 -m rlmem.cli lm task parity --core "$core" \
+        --core-opt window=8 chunk=16 --n-layers 2 --d-model 128 --n-heads 4 \
+        --steps 4000 --batch-size 256 --lr 3e-3 --warmup-steps 200 --eval-interval 250 \
+        --test-size 2048 --target-acc 0.99 --time-budget "$PARITY_S" --no-progress-bar \
+        --run-dir "$OUT/parity-$core" 2>&1 | tee "$OUT/parity-$core.log" | grep -E "^(step|parity)"
+done
+
+echo "== (2) LM training throughput, T=2048 (D=1024, 24 layers, 16 heads, B=8, bf16)"
+timeout 240 python3 benchmarks/lm_throughput.py --cores hqlt-sync transformer sdpa-transformer \
+    --seq-len 2048 --batch-size 8 --d-model 1024 --n-layers 24 --n-heads 16 \
+    --steps 10 --warmup 3 --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log"
+
+echo "== (3) stdlib validation perplexity after $LM_STEPS steps of 16k tokens (D=256, 4 layers)"
+for core in transformer deltanet hqlt-sync; do
+    timeout 150 python3 -m rlmem.cli lm train --core "$core" --data stdlib \
+        --d-model 256 --n-layers 4 --n-heads 4 --seq-len 512 --batch-size 32 \
+        --max-steps "$LM_STEPS" --lr 2e-3 --warmup-steps 40 --eval-interval 1000 \
+        --eval-batches 20 --log-interval 50 --no-progress-bar --no-resume \
+        --run-dir "$OUT/lm-$core" 2>&1 | tee "$OUT/lm-$core.log" | grep -E "^(step|prep|[a-z-]+:)"
+done
+
+echo "== results"
+OUT="$OUT" python3 - <<'EOF'
+import json, os
+out = os.environ["OUT"]
+
+def load(path):
+    try:
+        with open(os.path.join(out, path)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+print("| parity (2 layers, test 40-256) | normalised test acc | raw | steps | seconds | stop |")
+print("|---|---|---|---|---|---|")
+for core in ("hqlt-sync", "hqlt-delayed-stream", "hqlt-delayed-chunk"):
+    r = load(f"parity-{core}/results.json")
+    if r is None:
+        print(f"| {core} | missing | | | | |")
+        continue
+    print(f"| {core} | {100 * r['test_normalised_accuracy']:.1f}% | "
+          f"{100 * r['test_accuracy']:.1f}% | {r['steps']} | {r['seconds']:.0f} | {r['stopped']} |")
+
+t = load("throughput.json")
+print(f"\n| LM training, T=2048 ({t['device'] if t else '?'}) | tokens/s "
+      "| vs sdpa-transformer | vs transformer | MFU |")
+print("|---|---|---|---|---|")
+rows = {r["core"]: r for r in (t or {}).get("results", []) if "error" not in r}
+for core in ("hqlt-sync", "transformer", "sdpa-transformer"):
+    r = rows.get(core)
+    if r is None:
+        print(f"| {core} | missing | | | |")
+        continue
+    ratios = [f"{r['tokens_per_s'] / rows[ref]['tokens_per_s']:.2f}x" if ref in rows else "-"
+              for ref in ("sdpa-transformer", "transformer")]
+    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+    print(f"| {core} | {r['tokens_per_s']:,.0f} | {ratios[0]} | {ratios[1]} | {mfu} |")
+
+print("\n| stdlib LM (same token budget) | val loss | val ppl | bits/byte | tokens/s |")
+print("|---|---|---|---|---|")
+for core in ("transformer", "deltanet", "hqlt-sync"):
+    r = load(f"lm-{core}/results.json")
+    if r is None or "val_loss" not in r:
+        print(f"| {core} | missing | | | |")
+        continue
+    print(f"| {core} | {r['val_loss']:.4f} | {r['val_ppl']:.3f} | {r['val_bpb']:.3f} | "
+          f"{r['tokens_per_s']:,.0f} |")
+EOF

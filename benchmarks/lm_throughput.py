@@ -1,0 +1,190 @@
+"""LM training throughput (tokens/s) of memory cores at one shape, same card, same run.
+
+    python benchmarks/lm_throughput.py --cores hqlt-sync transformer sdpa-transformer
+
+Each core becomes an LM of the same width, depth and head count (`transformer` with full
+causal attention over the whole context). `sdpa-transformer` is the peer of BENCHMARKS.md, for
+timing only: the `transformer` core with its attention computed by
+`torch.nn.functional.scaled_dot_product_attention(is_causal=True)` (the flash backend on GPU;
+no resets, no carried state). One training step = forward + backward + AdamW under bf16
+autocast (on GPU), on fresh random tokens; after `--warmup` untimed steps the wall time of
+`--steps` steps (CUDA synchronised) gives tokens/s. Prints a table with the ratio to
+`--reference` (default `sdpa-transformer`) and the MFU, and writes JSON with `--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+from lm.args import parse_core_opts
+from lm.model import LM, LMConfig
+from lm.runtime import autocast, peak_flops, pick_device, pick_dtype
+from rlmem.memory import core_options
+from rlmem.memory.attention import AttentionMixer, TransformerCore
+from rlmem.memory.layers import rope
+
+SDPA = "sdpa-transformer"
+
+
+class SDPAMixer(AttentionMixer):
+    """The transformer core's attention through torch SDPA: full causal context, fresh state."""
+
+    def forward(self, x, state, resets):
+        q, k, v, _, _ = self.proj(x, {}, resets)  # (B, T, H, d)
+        if self.use_rope:
+            pos = torch.arange(x.shape[1], device=x.device).expand(x.shape[:2])
+            q, k = rope(q, pos), rope(k, pos)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        ).transpose(1, 2)  # (B, T, H, d)
+        return self.out_proj(o.flatten(-2)), state
+
+
+class SDPATransformerCore(TransformerCore):
+    name = SDPA
+
+    def make_mixer(self, layer):
+        return SDPAMixer(self.d_model, self.n_heads, self.window, self.rope)
+
+
+def measure(
+    core: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    extra_opts: dict,
+) -> dict:
+    """Tokens/s of training steps of one core's LM."""
+    accepted = core_options("transformer" if core == SDPA else core)
+    opts = {k: v for k, v in extra_opts.items() if k in accepted}
+    if "max_len" in accepted:
+        opts.setdefault("max_len", args.seq_len)  # full attention over the whole context
+    torch.manual_seed(0)
+    cfg = LMConfig(
+        vocab_size=args.vocab_size,
+        core="transformer" if core == SDPA else core,
+        d_model=args.d_model,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        core_opts=opts,
+        tie_weights=False,
+    )
+    model = LM(cfg)
+    if core == SDPA:
+        sizes = dict(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads)
+        model.core = SDPATransformerCore(**sizes, **opts)
+    model = model.to(device)
+    optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
+    fwd = torch.compile(model) if args.compile else model
+    B, T = args.batch_size, args.seq_len
+
+    def train_step() -> None:
+        idx = torch.randint(0, args.vocab_size, (B, T + 1), device=device)
+        with autocast(device, dtype):
+            _, loss, _ = fwd(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(args.warmup):
+        train_step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        train_step()
+    sync()
+    seconds = time.perf_counter() - start
+    tok_s = B * T * args.steps / seconds
+    peak = peak_flops(device)
+    return {
+        "core": core,
+        "core_opts": opts,
+        "params": model.get_num_params(),
+        "tokens_per_s": tok_s,
+        "step_ms": 1000 * seconds / args.steps,
+        "mfu": model.estimate_mfu(tok_s, T, peak) if peak else None,
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9
+        if device.type == "cuda"
+        else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", nargs="+", default=["hqlt-sync", "transformer", SDPA])
+    parser.add_argument("--reference", default=SDPA)
+    parser.add_argument(
+        "--core-opt",
+        nargs="+",
+        default=[],
+        help="key=value options given to every core that accepts them",
+    )
+    parser.add_argument("--d-model", type=int, default=1024)
+    parser.add_argument("--n-layers", type=int, default=12)
+    parser.add_argument("--n-heads", type=int, default=16)
+    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    extra = parse_core_opts(args.core_opt)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(
+        f"{name}, {str(dtype).removeprefix('torch.')}, B={args.batch_size} T={args.seq_len} "
+        f"D={args.d_model} L={args.n_layers} H={args.n_heads} V={args.vocab_size}, "
+        f"{args.steps} timed steps after {args.warmup}, compile={args.compile}",
+        flush=True,
+    )
+    rows = []
+    for core in args.cores:
+        try:
+            rows.append(measure(core, args, device, dtype, extra))
+        except Exception as err:  # one failing core must not lose the others' numbers
+            traceback.print_exc()
+            rows.append({"core": core, "error": f"{type(err).__name__}: {err}".splitlines()[0]})
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        row = rows[-1]
+        print(json.dumps(row), flush=True)
+    ref = next((r for r in rows if r["core"] == args.reference and "error" not in r), None)
+    print(f"| core | params (M) | tokens/s | vs {args.reference} | step (ms) | MFU | mem (GB) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['core']} | {r['error']} | | | | | |")
+            continue
+        ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
+        print(
+            f"| {r['core']} | {r['params'] / 1e6:.1f} | {r['tokens_per_s']:,.0f} | {ratio} "
+            f"| {r['step_ms']:.1f} | {mfu} | {mem} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "args": vars(args), "results": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Samples text from a trained run: the prompt is prefilled with one parallel `forward`, then
+every new token costs one `step` of the core with its carried state.
+
+    rlmem lm generate runs/lm --prompt "def fib(n):" --max-new-tokens 200
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lm.args import parse_args
+from lm.model import LM, LMConfig
+from lm.runtime import autocast, pick_device, pick_dtype
+from lm.tokenizer import Tokenizer, load_tokenizer
+
+
+@dataclass
+class GenerateConfig:
+    run_dir: str
+    """a training run's folder (holds ckpt.pt and tokenizer.json)"""
+    prompt: str = ""
+    """text to continue (a new document: <|bos|> is put in front)"""
+    max_new_tokens: int = 200
+    """tokens to generate per sample"""
+    temperature: float = 0.8
+    """sampling temperature; 0 is greedy decoding"""
+    top_k: int | None = 40
+    """sample among the k most likely tokens only (none: all)"""
+    num_samples: int = 1
+    """samples to draw (one batch)"""
+    seed: int = 0
+    """sampling seed"""
+    device: str = "auto"
+    """auto (CUDA if present), cpu, cuda, ..."""
+    dtype: str = "auto"
+    """autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32"""
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[LM, Tokenizer, dict]:
+    """The model (eval mode, on `device`), tokenizer and checkpoint of a training run."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "ckpt.pt"
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"{ckpt_path} not found: is {run_dir} a `rlmem lm train` run?")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    model = LM(LMConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer.json"), ckpt
+
+
+def generate_text(
+    model: LM,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = 40,
+    num_samples: int = 1,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> list[str]:
+    """`num_samples` continuations of `prompt` (the prompt included in each returned text)."""
+    device = next(model.parameters()).device
+    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with autocast(device, dtype):
+        out = model.generate(idx, max_new_tokens, temperature, top_k, generator)
+    return [tokenizer.decode(row.tolist()) for row in out]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = parse_args(
+        GenerateConfig, argv, prog="rlmem lm generate", description=__doc__, positional=("run_dir",)
+    )
+    device = pick_device(cfg.device)
+    model, tokenizer, _ = load_run(cfg.run_dir, device)
+    texts = generate_text(
+        model,
+        tokenizer,
+        cfg.prompt,
+        cfg.max_new_tokens,
+        cfg.temperature,
+        cfg.top_k,
+        cfg.num_samples,
+        cfg.seed,
+        pick_dtype(cfg.dtype, device),
+    )
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1}")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
