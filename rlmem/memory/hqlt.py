@@ -189,10 +189,10 @@ class HQLTMixer(Mixer):
         # that every group is at most C long.
         slot = torch.arange(L, device=q.device)[None, :]
         slot_valid = slot >= (L - kv["n"])[:, None]
-        group = torch.cat([starts.long().cumsum(1).new_zeros(B, L), starts.long().cumsum(1)], 1)
-        last_group = group[:, -1:]
+        group = starts.long().cumsum(1)
+        group = torch.cat([group.new_zeros(B, L), group], 1)  # the carried tokens: group 0
         complete = pos[:, -1] % C == C - 1
-        pending = (group == last_group) & ~complete[:, None]  # stays in the buffer
+        pending = (group == group[:, -1:]) & ~complete[:, None]  # stays in the buffer
         valid = torch.cat([slot_valid, slot_valid.new_ones(B, T)], 1)
         write = (valid & ~pending)[..., None, None]
         boundaries = torch.cat([slot == (L - kv["n"])[:, None], starts], 1)
