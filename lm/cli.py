@@ -9,11 +9,11 @@ rlmem lm prepare stdlib --tokenizer bpe
 
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass
 
 from lm.args import parse_args
+from rlmem.cli import run_command
 
 COMMANDS = {
     "train": ("lm.train", "pretrain a language model from a memory core"),
@@ -67,28 +67,11 @@ def prepare_main(argv: list[str]) -> int:
     return 0
 
 
-def _usage() -> str:
-    lines = ["usage: rlmem lm COMMAND [ARGS]", "", "commands:"]
-    lines += [f"  {name:9s} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`rlmem lm COMMAND --help` shows a command's options."]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"rlmem lm: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}")
-        return 2
-    if command == "prepare":
-        return prepare_main(rest)
-    if command == "task" and rest and not rest[0].startswith("-"):
-        rest = ["--task", *rest]
-    module = importlib.import_module(COMMANDS[command][0])
-    return module.main(rest) or 0
+    if len(argv) > 1 and argv[0] == "task" and not argv[1].startswith("-"):
+        argv = ["task", "--task", *argv[1:]]  # `rlmem lm task parity ...`
+    return run_command("rlmem lm", COMMANDS, argv, local={"prepare": prepare_main})
 
 
 if __name__ == "__main__":

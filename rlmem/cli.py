@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 
 COMMANDS = {
     "cores": ("rlmem.cli", "list the memory cores with their options"),
@@ -37,26 +38,38 @@ def cores_main(argv: list[str]) -> int:
     return 0
 
 
-def _usage() -> str:
-    lines = ["usage: rlmem COMMAND [ARGS]", "", "commands:"]
-    lines += [f"  {name:8s} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines += ["", "`rlmem COMMAND --help` shows a command's options."]
+def usage(prog: str, commands: dict[str, tuple[str, str]]) -> str:
+    """The usage text of a command with subcommands: name and one-line help of each."""
+    width = max(map(len, commands)) + 2
+    lines = [f"usage: {prog} COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name:{width}s}{help_}" for name, (_, help_) in commands.items()]
+    lines += ["", f"`{prog} COMMAND --help` shows a command's options."]
     return "\n".join(lines)
+
+
+def run_command(
+    prog: str,
+    commands: dict[str, tuple[str, str]],
+    argv: list[str],
+    local: dict[str, Callable[[list[str]], int]] | None = None,
+) -> int:
+    """Runs `prog COMMAND ARGS`: `local[COMMAND](ARGS)` if given, else the `main(ARGS)` of the
+    module `commands[COMMAND][0]`, imported only now. Unknown names list the valid ones."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(prog, commands))
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in commands:
+        print(f"{prog}: unknown command {command!r}; valid commands: {', '.join(commands)}")
+        return 2
+    if local and command in local:
+        return local[command](rest)
+    return importlib.import_module(commands[command][0]).main(rest) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    command, rest = argv[0], argv[1:]
-    if command not in COMMANDS:
-        print(f"rlmem: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}")
-        return 2
-    if command == "cores":
-        return cores_main(rest)
-    module = importlib.import_module(COMMANDS[command][0])
-    return module.main(rest) or 0
+    return run_command("rlmem", COMMANDS, argv, local={"cores": cores_main})
 
 
 if __name__ == "__main__":
