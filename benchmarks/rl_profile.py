@@ -46,10 +46,14 @@ def main() -> None:
     device = torch.device(args.device)
     venv = make_vector_env(args.env, num_envs=args.num_envs)
     obs_space, action_space = venv.single_observation_space, venv.single_action_space
-    print(f"{args.env} N={args.num_envs} T={args.num_steps} impl={os.environ.get('RLMEM_IMPL', 'auto')}")
+    print(
+        f"{args.env} N={args.num_envs} T={args.num_steps} impl={os.environ.get('RLMEM_IMPL', 'auto')}"
+    )
     print(f"{'core':12s} {'act step ms':>12s} {'act SPS':>10s} {'minibatch f+b ms':>17s}")
     for core in args.cores:
-        agent = Agent(obs_space, action_space, core=core, core_options={"n_layers": 3, "d_model": 128}).to(device)
+        agent = Agent(
+            obs_space, action_space, core=core, core_options={"n_layers": 3, "d_model": 128}
+        ).to(device)
         N, T = args.num_envs, args.num_steps
         obs = {k: torch.zeros(N, *s.shape, device=device) for k, s in obs_space.spaces.items()}
         resets = torch.zeros(N, dtype=torch.bool, device=device)
