@@ -46,37 +46,42 @@ def main() -> None:
     device = torch.device(args.device)
     venv = make_vector_env(args.env, num_envs=args.num_envs)
     obs_space, action_space = venv.single_observation_space, venv.single_action_space
-    print(
-        f"{args.env} N={args.num_envs} T={args.num_steps} impl={os.environ.get('RLMEM_IMPL', 'auto')}"
-    )
+    impl = os.environ.get("RLMEM_IMPL", "auto")
+    print(f"{args.env} N={args.num_envs} T={args.num_steps} impl={impl}")
     print(f"{'core':12s} {'act step ms':>12s} {'act SPS':>10s} {'minibatch f+b ms':>17s}")
     for core in args.cores:
-        agent = Agent(
-            obs_space, action_space, core=core, core_options={"n_layers": 3, "d_model": 128}
-        ).to(device)
-        N, T = args.num_envs, args.num_steps
-        obs = {k: torch.zeros(N, *s.shape, device=device) for k, s in obs_space.spaces.items()}
-        resets = torch.zeros(N, dtype=torch.bool, device=device)
-        state = agent.initial_state(N)
+        t_act, t_learn = profile_core(core, obs_space, action_space, args, device)
+        print(
+            f"{core:12s} {t_act * 1e3:12.2f} {args.num_envs / t_act:10,.0f} {t_learn * 1e3:17.2f}"
+        )
 
-        def act():
-            with torch.inference_mode():
-                agent.act(obs, state, resets)
 
-        M = N // args.minibatches
-        seq = {k: torch.randn(M, T, *s.shape, device=device) for k, s in obs_space.spaces.items()}
-        seq_resets = torch.rand(M, T, device=device) < 0.01
-        actions = torch.zeros(M, T, dtype=torch.long, device=device)
-        start_state = agent.initial_state(M)
+def profile_core(core, obs_space, action_space, args, device):
+    """Median seconds of one acting step and of one PPO minibatch forward + backward."""
+    options = {"n_layers": 3, "d_model": 128}
+    agent = Agent(obs_space, action_space, core=core, core_options=options).to(device)
+    N, T = args.num_envs, args.num_steps
+    obs = {k: torch.zeros(N, *s.shape, device=device) for k, s in obs_space.spaces.items()}
+    resets = torch.zeros(N, dtype=torch.bool, device=device)
+    state = agent.initial_state(N)
 
-        def learn():
-            logp, ent, value, _ = agent.evaluate(seq, start_state, seq_resets, actions)
-            (logp.sum() + ent.sum() + value.sum()).backward()
+    def act():
+        with torch.inference_mode():
+            agent.act(obs, state, resets)
 
-        for fn in (act, learn):
-            fn(), fn(), fn()  # compile / warm up
-        t_act, t_learn = timed(act, device, args.repeats), timed(learn, device, args.repeats)
-        print(f"{core:12s} {t_act * 1e3:12.2f} {N / t_act:10,.0f} {t_learn * 1e3:17.2f}")
+    M = N // args.minibatches
+    seq = {k: torch.randn(M, T, *s.shape, device=device) for k, s in obs_space.spaces.items()}
+    seq_resets = torch.rand(M, T, device=device) < 0.01
+    actions = torch.zeros(M, T, dtype=torch.long, device=device)
+    start_state = agent.initial_state(M)
+
+    def learn():
+        logp, ent, value, _ = agent.evaluate(seq, start_state, seq_resets, actions)
+        (logp.sum() + ent.sum() + value.sum()).backward()
+
+    for fn in (act, learn):
+        fn(), fn(), fn()  # compile / warm up
+    return timed(act, device, args.repeats), timed(learn, device, args.repeats)
 
 
 if __name__ == "__main__":
