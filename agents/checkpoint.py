@@ -18,41 +18,21 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
+from rlmem.io import atomic_torch_save, atomic_write_text
+
 CONFIG_FILE = "config.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """`torch.save` to a temporary file beside `path`, then `os.replace` it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_config(run_dir: str, config: dict[str, Any]) -> None:
     """Writes `config.json` atomically."""
-    os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, CONFIG_FILE)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True))
 
 
 def read_config(run_dir: str) -> dict[str, Any]:

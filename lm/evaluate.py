@@ -19,8 +19,9 @@ import torch
 from lm.args import parse_args
 from lm.data import TokenSplit, prepare
 from lm.generate import load_run
-from lm.runtime import atomic_write_text, autocast, pick_device, pick_dtype
+from lm.runtime import autocast, pick_device, pick_dtype
 from lm.train import to_batch
+from rlmem.io import atomic_write_text
 
 
 @dataclass

@@ -64,22 +64,6 @@ def peak_flops(device: torch.device, override_tflops: float | None = None) -> fl
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` to a temporary file beside `path`, then an atomic rename over it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes a text file through a temporary file and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class _PlainProgress:
     """Stands in for tqdm where it is not installed: no bar, log lines still printed (unless
     `quiet`, for the non-zero ranks of a distributed job)."""

@@ -34,8 +34,6 @@ from lm.data import TokenSplit, load_data_tokenizer, prepare
 from lm.model import LM, LMConfig
 from lm.runtime import (
     Dist,
-    atomic_torch_save,
-    atomic_write_text,
     autocast,
     close_distributed,
     cosine_lr,
@@ -45,6 +43,7 @@ from lm.runtime import (
     progress,
     summary_writer,
 )
+from rlmem.io import atomic_torch_save, atomic_write_text
 from rlmem.memory import core_options
 
 

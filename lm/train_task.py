@@ -29,7 +29,6 @@ import torch
 from lm.args import parse_args, parse_core_opts
 from lm.model import IGNORE_INDEX, LM, LMConfig
 from lm.runtime import (
-    atomic_write_text,
     autocast,
     cosine_lr,
     pick_device,
@@ -38,6 +37,7 @@ from lm.runtime import (
     summary_writer,
 )
 from lm.tasks import TASKS, Task, make_task, normalised_accuracy
+from rlmem.io import atomic_write_text
 from rlmem.memory import core_options
 
 PAPER_CORE_OPTS = {
