@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The LM / synthetic-task acceptance runs of issue 6 on one GPU, in one go (7-8 min on an H100).
+# The LM / synthetic-task acceptance runs of issue 6 on one GPU, in one go (~12 min on an H100).
 # From the repo root:  source .device/setup.sh; bash benchmarks/gpu_lm.sh
 #   (1) parity, 2 layers, d_model 128, 4 heads, window 8 (chunk 16), paper options:
 #       hqlt-sync should reach >= 95% normalised test accuracy (lengths 40-256),
 #       hqlt-delayed-stream and hqlt-delayed-chunk should stay near chance;
-#   (2) LM training tokens/s of hqlt-sync vs a same-size full-attention transformer, T=2048
-#       (rlmem's `transformer` core and the SDPA flash-attention peer of BENCHMARKS.md);
+#   (2) LM training tokens/s of hqlt-sync vs a same-size full-attention transformer
+#       (rlmem's `transformer` core and the SDPA flash-attention peer of BENCHMARKS.md):
+#       T=2048 B=8 eager and torch.compile'd, T=8192 B=2 eager (~5 min together);
 #   (3) validation perplexity after a fixed token budget on the stdlib corpus:
 #       transformer, deltanet, hqlt-sync.
 # Logs and JSON go to $OUT (or /tmp/rlmem-lm); the last lines are the results table.
 # Knobs: PARITY_S (seconds of training per parity run, default 80; the learning-rate schedule
-# decays fully by then), LM_STEPS (optimiser steps of run 3, default 300).
+# decays fully by then), LM_STEPS (optimiser steps of run 3, default 300), SECTIONS (which of
+# 1 2 3 to run, default "1 2 3"; e.g. SECTIONS=2 for the throughput runs alone).
 set -u
 OUT=${OUT:-/tmp/rlmem-lm}
 mkdir -p "$OUT"
@@ -18,10 +20,13 @@ export PYTHONUNBUFFERED=1
 export RLMEM_CACHE=${RLMEM_CACHE:-/tmp/rlmem-cache}
 PARITY_S=${PARITY_S:-80}
 LM_STEPS=${LM_STEPS:-300}
+SECTIONS=${SECTIONS:-1 2 3}
+run_section() { [[ " $SECTIONS " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch; print('torch', torch.__version__)"
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%F)"
 
+if run_section 1; then
 echo "== (1) parity: train lengths 3-40, test lengths 40-256, ${PARITY_S}s (or 10k steps) per core"
 for core in hqlt-sync hqlt-delayed-stream hqlt-delayed-chunk; do
     timeout $((PARITY_S + 60)) python3 -m rlmem.cli lm task parity --core "$core" \
@@ -30,12 +35,24 @@ for core in hqlt-sync hqlt-delayed-stream hqlt-delayed-chunk; do
         --test-size 2048 --target-acc 0.99 --time-budget "$PARITY_S" --no-progress-bar \
         --run-dir "$OUT/parity-$core" 2>&1 | tee "$OUT/parity-$core.log" | grep -E "^(step|parity)"
 done
+fi
 
-echo "== (2) LM training throughput, T=2048 (D=1024, 24 layers, 16 heads, B=8, bf16)"
-timeout 240 python3 benchmarks/lm_throughput.py --cores hqlt-sync transformer sdpa-transformer \
-    --seq-len 2048 --batch-size 8 --d-model 1024 --n-layers 24 --n-heads 16 \
-    --steps 10 --warmup 3 --json "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log"
+if run_section 2; then
+echo "== (2) LM training throughput (D=1024, 24 layers, 16 heads, bf16): T=2048 B=8 eager and compiled, T=8192 B=2 eager"
+CORES="hqlt-sync transformer sdpa-transformer"
+SHAPE="--d-model 1024 --n-layers 24 --n-heads 16"
+timeout 150 python3 benchmarks/lm_throughput.py --cores $CORES $SHAPE --seq-len 2048 \
+    --batch-size 8 --steps 10 --warmup 3 --json "$OUT/throughput.json" 2>&1 \
+    | tee "$OUT/throughput.log" | grep -v '^{'
+timeout 240 python3 benchmarks/lm_throughput.py --cores $CORES $SHAPE --seq-len 2048 \
+    --batch-size 8 --steps 10 --warmup 3 --compile --json "$OUT/throughput-compile.json" 2>&1 \
+    | tee "$OUT/throughput-compile.log" | grep -v '^{'
+timeout 150 python3 benchmarks/lm_throughput.py --cores $CORES $SHAPE --seq-len 8192 \
+    --batch-size 2 --steps 6 --warmup 2 --json "$OUT/throughput-8k.json" 2>&1 \
+    | tee "$OUT/throughput-8k.log" | grep -v '^{'
+fi
 
+if run_section 3; then
 echo "== (3) stdlib validation perplexity after $LM_STEPS steps of 16k tokens (D=256, 4 layers)"
 for core in transformer deltanet hqlt-sync; do
     timeout 150 python3 -m rlmem.cli lm train --core "$core" --data stdlib \
@@ -44,6 +61,7 @@ for core in transformer deltanet hqlt-sync; do
         --eval-batches 20 --log-interval 50 --no-progress-bar --no-resume \
         --run-dir "$OUT/lm-$core" 2>&1 | tee "$OUT/lm-$core.log" | grep -E "^(step|prep|[a-z-]+:)"
 done
+fi
 
 echo "== results"
 OUT="$OUT" python3 - <<'EOF'
@@ -67,20 +85,27 @@ for core in ("hqlt-sync", "hqlt-delayed-stream", "hqlt-delayed-chunk"):
     print(f"| {core} | {100 * r['test_normalised_accuracy']:.1f}% | "
           f"{100 * r['test_accuracy']:.1f}% | {r['steps']} | {r['seconds']:.0f} | {r['stopped']} |")
 
-t = load("throughput.json")
-print(f"\n| LM training, T=2048 ({t['device'] if t else '?'}) | tokens/s "
-      "| vs sdpa-transformer | vs transformer | MFU |")
-print("|---|---|---|---|---|")
-rows = {r["core"]: r for r in (t or {}).get("results", []) if "error" not in r}
-for core in ("hqlt-sync", "transformer", "sdpa-transformer"):
-    r = rows.get(core)
-    if r is None:
-        print(f"| {core} | missing | | | |")
-        continue
-    ratios = [f"{r['tokens_per_s'] / rows[ref]['tokens_per_s']:.2f}x" if ref in rows else "-"
-              for ref in ("sdpa-transformer", "transformer")]
-    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-    print(f"| {core} | {r['tokens_per_s']:,.0f} | {ratios[0]} | {ratios[1]} | {mfu} |")
+runs = [("T=2048 B=8 eager", "throughput.json"), ("T=2048 B=8 compiled", "throughput-compile.json"),
+        ("T=8192 B=2 eager", "throughput-8k.json")]
+device = next((t["device"] for _, p in runs if (t := load(p))), "?")
+print(f"\n| LM training ({device}) | core | tokens/s | vs sdpa-transformer | vs transformer "
+      "| MFU | mem (GB) |")
+print("|---|---|---|---|---|---|---|")
+for label, path in runs:
+    t = load(path)
+    rows = {r["core"]: r for r in (t or {}).get("results", []) if "error" not in r}
+    errors = {r["core"]: r["error"] for r in (t or {}).get("results", []) if "error" in r}
+    for core in ("hqlt-sync", "transformer", "sdpa-transformer"):
+        r = rows.get(core)
+        if r is None:
+            print(f"| {label} | {core} | {errors.get(core, 'missing')[:60]} | | | | |")
+            continue
+        ratios = [f"{r['tokens_per_s'] / rows[ref]['tokens_per_s']:.2f}x" if ref in rows else "-"
+                  for ref in ("sdpa-transformer", "transformer")]
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") is not None else "-"
+        print(f"| {label} | {core} | {r['tokens_per_s']:,.0f} | {ratios[0]} | {ratios[1]} "
+              f"| {mfu} | {mem} |")
 
 print("\n| stdlib LM (same token budget) | val loss | val ppl | bits/byte | tokens/s |")
 print("|---|---|---|---|---|")

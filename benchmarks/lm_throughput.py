@@ -19,6 +19,7 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from lm.model import LM, LMConfig
 from lm.runtime import autocast, peak_flops, pick_device, pick_dtype
 from rlmem.memory import core_options
 from rlmem.memory.attention import AttentionMixer, TransformerCore
-from rlmem.memory.layers import rope
+from rlmem.memory.layers import apply_rope, rope_tables
 
 SDPA = "sdpa-transformer"
 
@@ -38,9 +39,10 @@ class SDPAMixer(AttentionMixer):
 
     def forward(self, x, state, resets):
         q, k, v, _, _ = self.proj(x, {}, resets)  # (B, T, H, d)
-        if self.use_rope:
+        if self.use_rope:  # the same RoPE as the transformer core
             pos = torch.arange(x.shape[1], device=x.device).expand(x.shape[:2])
-            q, k = rope(q, pos), rope(k, pos)
+            cos, sin = rope_tables(pos, self.head_dim, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         ).transpose(1, 2)  # (B, T, H, d)
@@ -54,14 +56,10 @@ class SDPATransformerCore(TransformerCore):
         return SDPAMixer(self.d_model, self.n_heads, self.window, self.rope)
 
 
-def measure(
-    core: str,
-    args: argparse.Namespace,
-    device: torch.device,
-    dtype: torch.dtype,
-    extra_opts: dict,
-) -> dict:
-    """Tokens/s of training steps of one core's LM."""
+def build(
+    core: str, args: argparse.Namespace, device: torch.device, extra_opts: dict
+) -> tuple[LM, dict]:
+    """The LM of one core at the shape of `args` (seeded), on `device`, and its core options."""
     accepted = core_options("transformer" if core == SDPA else core)
     opts = {k: v for k, v in extra_opts.items() if k in accepted}
     if "max_len" in accepted:
@@ -80,7 +78,14 @@ def measure(
     if core == SDPA:
         sizes = dict(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads)
         model.core = SDPATransformerCore(**sizes, **opts)
-    model = model.to(device)
+    return model.to(device), opts
+
+
+def make_train_step(
+    model: LM, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> Callable[[], None]:
+    """One training step on fresh random tokens: forward + backward + AdamW (with
+    `args.compile`, the model's forward is torch.compile'd)."""
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
     fwd = torch.compile(model) if args.compile else model
     B, T = args.batch_size, args.seq_len
@@ -93,25 +98,43 @@ def measure(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    return train_step
 
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    core: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    dtype: torch.dtype,
+    extra_opts: dict,
+) -> dict:
+    """Tokens/s of training steps of one core's LM."""
+    model, opts = build(core, args, device, extra_opts)
+    train_step = make_train_step(model, args, device, dtype)
+    B, T = args.batch_size, args.seq_len
     for _ in range(args.warmup):
         train_step()
-    sync()
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(args.steps):
         train_step()
-    sync()
+    sync(device)
     seconds = time.perf_counter() - start
     tok_s = B * T * args.steps / seconds
     peak = peak_flops(device)
     return {
         "core": core,
         "core_opts": opts,
+        "seq_len": T,
+        "batch_size": B,
+        "compile": args.compile,
         "params": model.get_num_params(),
         "tokens_per_s": tok_s,
         "step_ms": 1000 * seconds / args.steps,
@@ -122,10 +145,8 @@ def measure(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cores", nargs="+", default=["hqlt-sync", "transformer", SDPA])
-    parser.add_argument("--reference", default=SDPA)
+def add_shape_args(parser: argparse.ArgumentParser) -> None:
+    """The model, shape and runtime flags shared with lm_profile.py."""
     parser.add_argument(
         "--core-opt",
         nargs="+",
@@ -138,11 +159,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+
+
+def describe(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> str:
+    """One line: card, dtype and shape."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return (
+        f"{name}, {str(dtype).removeprefix('torch.')}, B={args.batch_size} T={args.seq_len} "
+        f"D={args.d_model} L={args.n_layers} H={args.n_heads} V={args.vocab_size}, "
+        f"compile={args.compile}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", nargs="+", default=["hqlt-sync", "transformer", SDPA])
+    parser.add_argument("--reference", default=SDPA)
+    add_shape_args(parser)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
@@ -150,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = parse_core_opts(args.core_opt)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"{name}, {str(dtype).removeprefix('torch.')}, B={args.batch_size} T={args.seq_len} "
-        f"D={args.d_model} L={args.n_layers} H={args.n_heads} V={args.vocab_size}, "
-        f"{args.steps} timed steps after {args.warmup}, compile={args.compile}",
+        f"{describe(args, device, dtype)}, {args.steps} timed steps after {args.warmup}",
         flush=True,
     )
     rows = []

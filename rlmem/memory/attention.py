@@ -11,7 +11,16 @@ from torch import nn
 
 from rlmem.kernels import sliding_window_attention
 from rlmem.memory.base import MemoryCore, Mixer, positions
-from rlmem.memory.layers import QKVProjection, rope, shift_in
+from rlmem.memory.layers import (
+    QKVProjection,
+    apply_rope,
+    eager_under_compile,
+    rope_tables,
+    shift_in,
+)
+
+# Runs eagerly under torch.compile (see `eager_under_compile`).
+sliding_window_attention = eager_under_compile(sliding_window_attention)
 
 
 def kv_initial_state(batch_size, length, n_heads, head_dim, device=None, extra=()):
@@ -71,8 +80,9 @@ class AttentionMixer(Mixer):
     def forward(self, x, state, resets):
         q, k, v, _, _ = self.proj(x, {}, resets)
         pos = positions(resets, state["pos"])
-        if self.use_rope:
-            q, k = rope(q, pos), rope(k, pos)
+        if self.use_rope:  # one cos/sin table for both
+            cos, sin = rope_tables(pos, self.head_dim, q.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         o = kv_attend(q, k, v, state["kv"], resets, self.window)
         kv = kv_push(state["kv"], {"k": k, "v": v}, resets)
         return self.out_proj(o.flatten(-2)), {"kv": kv, "pos": pos[:, -1] + 1}

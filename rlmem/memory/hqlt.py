@@ -28,15 +28,27 @@ from rlmem.kernels import (
     delta_rule_step,
     linear_attention,
     linear_attention_step,
-    sliding_window_attention,
 )
 from rlmem.kernels.delta_rule.reference import l2norm
-from rlmem.memory.attention import kv_attend, kv_initial_state, kv_push
+from rlmem.memory.attention import kv_attend, kv_initial_state, kv_push, sliding_window_attention
 from rlmem.memory.base import MemoryCore, Mixer, positions, segment_ids
 from rlmem.memory.fastweight import elu_feature
-from rlmem.memory.layers import HeadOutput, MemoryMixing, QKVProjection, rope
+from rlmem.memory.layers import (
+    HeadOutput,
+    MemoryMixing,
+    QKVProjection,
+    apply_rope,
+    autocast_input,
+    eager_under_compile,
+    rope_tables,
+)
 
 VARIANTS = ("delayed-stream", "delayed-chunk", "sync", "sync-linear")
+
+# The parallel memory ops run eagerly under torch.compile (see `eager_under_compile`).
+delta_rule = eager_under_compile(delta_rule)
+delta_rule_chunk_read = eager_under_compile(delta_rule_chunk_read)
+linear_attention = eager_under_compile(linear_attention)
 
 
 class HQLTMixer(Mixer):
@@ -93,7 +105,10 @@ class HQLTMixer(Mixer):
         q, k, v, beta, proj_state = self.proj(x, state, resets)
         v = F.silu(v)
         pos = positions(resets, state["pos"])
-        q_kv, k_kv = (rope(q, pos), rope(k, pos)) if self.use_rope else (q, k)
+        q_kv, k_kv = q, k
+        if self.use_rope:  # one cos/sin table for both
+            cos, sin = rope_tables(pos, self.head_dim, q.dtype)
+            q_kv, k_kv = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         return q, k, v, beta, q_kv, k_kv, pos, proj_state
 
     def _attend(self, q_kv, k_kv, v, kv, resets, pos):
@@ -139,6 +154,7 @@ class HQLTMixer(Mixer):
     # -- parallel form ------------------------------------------------------------------------
 
     def forward(self, x, state, resets):
+        x = autocast_input(x)  # one cast for the projections, the mixer and the gate
         o_fw, o_kv, state = self.memories(x, state, resets)
         return self.out(self.mixing(o_fw.to(o_kv.dtype), o_kv, x), x), state
 
@@ -216,6 +232,7 @@ class HQLTMixer(Mixer):
     # -- one step -----------------------------------------------------------------------------
 
     def step(self, x, state):
+        x = autocast_input(x)
         no_resets = torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)
         q, k, v, beta, q_kv, k_kv, pos, proj_state = self._inputs(x[:, None], state, no_resets)
         kv = state["kv"]

@@ -3,6 +3,9 @@ buffers, the output mixers of the two memories and the per-head output path."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,19 +15,57 @@ from rlmem.memory.base import segment_ids
 MIXERS = ("sum", "scalar", "dynamic-scalar", "vector", "separate")
 
 
+def rope_tables(
+    pos: torch.Tensor, dim: int, dtype: torch.dtype, base: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin of RoPE for positions pos [B, T]: each [B, T, 1, dim] in `dtype`.
+
+    The angles are computed in float32; the sin table carries the sign of rotate-half, so
+    that `apply_rope` needs no negation. Compute once and share between q and k.
+    """
+    inv_freq = base ** (-torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) / dim)
+    angles = pos.float()[..., None] * inv_freq  # [B, T, dim/2]
+    cos, sin = angles.cos(), angles.sin()
+    cos = torch.cat([cos, cos], -1)[:, :, None].to(dtype)
+    sin = torch.cat([-sin, sin], -1)[:, :, None].to(dtype)
+    return cos, sin
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE with tables from `rope_tables`: x [B, T, H, D] -> [B, T, H, D].
+
+    x * cos + (x2, x1) * (-sin, sin) = x * cos + rotate_half(x) * sin, in three kernels
+    (mul, roll, addcmul), computed in x.dtype (bf16 under autocast, as the tables).
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin)
+
+
 def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embedding, rotate-half convention, over the full head dim.
 
-    x [B, T, H, D] (D even), pos [B, T] int -> [B, T, H, D] in x.dtype.
+    x [B, T, H, D] (D even), pos [B, T] int -> [B, T, H, D] in x.dtype. (To rotate q and k
+    at the same positions, build `rope_tables` once and call `apply_rope` twice.)
     """
-    D = x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
-    angles = pos.float()[..., None] * inv_freq  # [B, T, D/2]
-    cos = torch.cat([angles.cos(), angles.cos()], -1)[:, :, None]
-    sin = torch.cat([angles.sin(), angles.sin()], -1)[:, :, None]
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rotated * sin).to(x.dtype)
+    return apply_rope(x, *rope_tables(pos, x.shape[-1], x.dtype, base))
+
+
+def eager_under_compile(fn: Callable) -> Callable:
+    """`fn` run eagerly under torch.compile: dynamo graph-breaks around the call instead of
+    tracing into it. For the memory ops, whose Triton kernels are launched from
+    torch.autograd.Function subclasses; outside torch.compile this changes nothing."""
+    return functools.wraps(fn)(torch.compiler.disable(fn))
+
+
+def autocast_input(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on for its device, else x unchanged.
+
+    A mixer whose input feeds several projections casts it once with this, instead of
+    autocast casting the float32 input again for every Linear (and summing float32 gradients).
+    """
+    device = x.device.type
+    if x.is_floating_point() and torch.is_autocast_enabled(device):
+        return x.to(torch.get_autocast_dtype(device))
+    return x
 
 
 def shift_in(
@@ -40,7 +81,10 @@ def shift_in(
     L, T = buffer.shape[1], new.shape[1]
     if L == 0:
         return buffer, count
-    full = torch.cat([buffer, new.to(buffer.dtype)], dim=1)[:, -L:]
+    if T >= L:  # only the last L new entries survive: copy those alone
+        full = new[:, -L:].to(buffer.dtype, copy=True)
+    else:
+        full = torch.cat([buffer, new.to(buffer.dtype)], dim=1)[:, -L:]
     if resets is None:  # the invalid entries were zeros already and stay in front
         return full, (count + T).clamp(max=L)
     idx = torch.arange(T, device=new.device)
@@ -115,11 +159,20 @@ class MemoryMixing(nn.Module):
         if self.kind == "dynamic-scalar":
             a_fw, a_kv = gates.unflatten(-1, (2, H))[..., None].unbind(-3)
             return a_fw * o_fw + a_kv * o_kv
-        if self.kind == "vector":
-            g = gates.unflatten(-1, (H, d))
-            return g * o_fw + (1 - g) * o_kv
+        if self.kind == "vector":  # g o_fw + (1 - g) o_kv in one kernel
+            return torch.lerp(o_kv, o_fw, gates.unflatten(-1, (H, d)))
         g_fw, g_kv = gates.unflatten(-1, (2, H, d)).unbind(-3)
         return g_fw * o_fw + g_kv * o_kv
+
+
+def head_rms_norm(o: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
+    """`norm(o)` computed in o.dtype with the gain cast to it, outside autocast.
+
+    A gain in float32 and o in bf16 would miss the fused RMSNorm kernel (its dtypes must
+    match), and autocast may upcast the whole of o; the fused kernel accumulates in float32.
+    """
+    with torch.autocast(o.device.type, enabled=False):
+        return F.rms_norm(o, norm.normalized_shape, norm.weight.to(o.dtype), norm.eps)
 
 
 class HeadOutput(nn.Module):
@@ -133,7 +186,7 @@ class HeadOutput(nn.Module):
 
     def forward(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """o [..., H, d], x [..., D] -> [..., D]"""
-        o = self.norm(o.to(x.dtype)).flatten(-2)
+        o = head_rms_norm(o.to(x.dtype), self.norm).flatten(-2)
         if self.gate is not None:
             o = o * F.silu(self.gate(x))
         return self.out_proj(o)
