@@ -26,8 +26,9 @@ class GraphedActor:
     """`actor(obs, state, resets)` == `agent.act(obs, state, resets)` (sampled actions), replayed
     from a CUDA graph on CUDA and eager elsewhere.
 
-    The returned state is a static buffer that the next call overwrites: clone it to keep it
-    (rollout storage does). Actions, log-probs and values are fresh tensors.
+    The returned state is the graph's static state buffer, which the next call overwrites:
+    clone it to keep it (rollout storage does). Passing it back in costs no copy. Actions,
+    log-probs and values are fresh tensors.
     """
 
     def __init__(self, agent: Agent, enabled: bool = True):
@@ -51,10 +52,13 @@ class GraphedActor:
         static = self.static
         _copy_into(static["obs"], obs)
         static["resets"].copy_(resets)
-        _copy_into(static["state"], state)  # often the output buffers of the last replay
+        if state is not static["state"]:  # usually it is: the state this graph returned last
+            _copy_into(static["state"], state)
         self.graph.replay()
         out = static["out"]
-        return ActOutput(out.action.clone(), out.logprob.clone(), out.value.clone(), out.state)
+        return ActOutput(
+            out.action.clone(), out.logprob.clone(), out.value.clone(), static["state"]
+        )
 
     def _capture(self, obs: Obs, state: State, resets: torch.Tensor) -> None:
         static = {
@@ -72,4 +76,6 @@ class GraphedActor:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             static["out"] = run()
+            # The new state goes back into the input buffers: the next step reads it there.
+            _copy_into(static["state"], static["out"].state)
         self.graph, self.static = graph, static

@@ -85,6 +85,56 @@ class EpisodeStats:
         self.episodes, self.mmer = state["episodes"], state["mmer"]
 
 
+class Throughput:
+    """Env steps per second of a run, overall and in steady state, and where the time goes.
+
+    The first update of a process compiles kernels and captures CUDA graphs, so the steady
+    rate counts from the end of that update (BENCHMARKS.md: "wall time of a fixed number of
+    steps after warm-up"). `phase(name)` adds the seconds since the last mark to that phase.
+    """
+
+    def __init__(self, start_step: int):
+        self.start_time = self.mark = time.perf_counter()
+        self.start_step = self.step = start_step
+        self.steady: tuple[float, int] | None = None  # (time, step) at the end of update 1
+        self.phases: dict[str, float] = collections.defaultdict(float)
+        self.updates = 0
+
+    def phase(self, name: str) -> None:
+        now = time.perf_counter()
+        if self.steady is not None:  # per-update phase times: steady state only
+            self.phases[name] += now - self.mark
+        self.mark = now
+
+    def update_done(self, global_step: int) -> None:
+        if self.steady is None:
+            self.steady = (time.perf_counter(), global_step)
+        else:
+            self.updates += 1
+        self.step = global_step
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start_time
+
+    def sps(self) -> float:
+        return (self.step - self.start_step) / max(self.seconds(), 1e-9)
+
+    def sps_steady(self) -> float | None:
+        if self.steady is None or self.updates == 0:
+            return None
+        t0, s0 = self.steady
+        return (self.step - s0) / max(time.perf_counter() - t0, 1e-9)
+
+    def summary(self) -> dict[str, float]:
+        """sps, sps_steady and the mean seconds per update of each phase (steady state)."""
+        out = {"sps": round(self.sps())}
+        steady = self.sps_steady()
+        if steady is not None:
+            out["sps_steady"] = round(steady)
+            out.update({f"{k}_s": round(v / self.updates, 4) for k, v in self.phases.items()})
+        return out
+
+
 class Logger:
     """TensorBoard scalars (optional) under `run_dir`; a resumed run purges events from
     `start_step` on, so its curves join the original ones."""

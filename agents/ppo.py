@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from agents.args import arg, parse_args, parse_options
 from agents.checkpoint import (
@@ -38,7 +37,17 @@ from agents.checkpoint import (
 )
 from agents.gae import compute_gae
 from agents.graphed import GraphedActor
-from agents.metrics import EpisodeStats, Logger, explained_variance, progress_bar
+from agents.learner import (
+    SKIPPED,
+    STAT_KEYS,
+    LossConfig,
+    PPOLearner,
+    get_lr,
+    make_optimizer,
+    restore_optimizer,
+    set_lr,
+)
+from agents.metrics import EpisodeStats, Logger, Throughput, explained_variance, progress_bar
 from agents.policy import Agent
 from agents.storage import RolloutStorage
 from envs import get_spec, make_vector_env
@@ -102,7 +111,10 @@ class Args:
     checkpoint_every: int = arg(50, "write a checkpoint every K updates (and at the end)")
     tensorboard: bool = arg(True, "log TensorBoard scalars to the run directory")
     progress: bool = arg(True, "show a progress bar")
-    cuda_graph: bool = arg(True, "on CUDA, act through a CUDA graph (acting is launch-bound)")
+    cuda_graph: bool = arg(
+        True,
+        "on CUDA, act and take PPO steps through CUDA graphs (both are launch-bound)",
+    )
     torch_threads: int = arg(1, "CPU threads for torch (small models run best on one)")
 
 
@@ -207,63 +219,48 @@ def collect_rollout(
     return carry
 
 
-def ppo_update(
-    agent: Agent, optimizer: torch.optim.Optimizer, batch: dict, args: Args, update: int
-) -> dict[str, float]:
-    """Runs the PPO epochs on `batch` (see `RolloutStorage.sequences`); returns loss stats."""
+def loss_config(args: Args) -> LossConfig:
+    return LossConfig(
+        clip_coef=args.clip_coef,
+        clip_vloss=args.clip_vloss,
+        ent_coef=args.ent_coef,
+        vf_coef=args.vf_coef,
+        norm_adv=args.norm_adv,
+        max_grad_norm=args.max_grad_norm,
+    )
+
+
+def ppo_update(learner: PPOLearner, batch: dict, args: Args, update: int) -> dict[str, float]:
+    """Runs the PPO epochs on `batch` (see `RolloutStorage.sequences`); returns the mean loss
+    stats. Raises FloatingPointError if any minibatch had non-finite gradients (the learner
+    skipped those optimizer steps, so the weights are still finite)."""
     S = batch["resets"].shape[0]
     mb_size = max(1, S // args.num_minibatches)
     device = batch["resets"].device
-    sums = torch.zeros(6, device=device)
+    learner.load(batch)
+    sums = torch.zeros(len(STAT_KEYS) + 1, device=device)
     count = 0
+    starts = range(0, S - mb_size + 1, mb_size)
     for _ in range(args.update_epochs):
+        epoch_sums = torch.zeros_like(sums)
         perm = torch.randperm(S, device=device)
-        for start in range(0, S - mb_size + 1, mb_size):
-            idx = perm[start : start + mb_size]
-            logp, entropy, value, _ = agent.evaluate(
-                {k: v[idx] for k, v in batch["obs"].items()},
-                index_state(batch["state"], idx),
-                batch["resets"][idx],
-                batch["actions"][idx],
-            )
-            logratio = logp - batch["logprobs"][idx]
-            ratio = logratio.exp()
-            adv = batch["advantages"][idx]
-            if args.norm_adv:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-            pg_loss = torch.max(
-                -adv * ratio, -adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
-            ).mean()
-            returns, old_values = batch["returns"][idx], batch["values"][idx]
-            if args.clip_vloss:
-                clipped = old_values + (value - old_values).clamp(-args.clip_coef, args.clip_coef)
-                v_loss = 0.5 * torch.max((value - returns) ** 2, (clipped - returns) ** 2).mean()
-            else:
-                v_loss = 0.5 * F.mse_loss(value, returns)
-            ent = entropy.mean()
-            loss = pg_loss - args.ent_coef * ent + args.vf_coef * v_loss
-            if not torch.isfinite(loss).item():
-                raise FloatingPointError(
-                    f"non-finite PPO loss at update {update}: policy {pg_loss.item():.4g}, "
-                    f"value {v_loss.item():.4g}, entropy {ent.item():.4g}; not training on it "
-                    "(lower --lr, check the env's rewards / observations for NaN or inf)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-            optimizer.step()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - logratio).mean()
-                clipfrac = ((ratio - 1).abs() > args.clip_coef).float().mean()
-                sums += torch.stack(
-                    [pg_loss, v_loss, ent, approx_kl, (-logratio).mean(), clipfrac]
-                ).detach()
-            count += 1
-        if args.target_kl is not None and approx_kl.item() > args.target_kl:
+        for start in starts:
+            epoch_sums += learner.step(perm[start : start + mb_size])
+        sums += epoch_sums
+        count += len(starts)
+        kl = epoch_sums[STAT_KEYS.index("approx_kl")] / len(starts)
+        if args.target_kl is not None and kl.item() > args.target_kl:  # stop early
             break
     means = (sums / max(count, 1)).tolist()
-    keys = ["policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac"]
-    return dict(zip(keys, means))
+    skipped = round(means[SKIPPED] * count)
+    if skipped:
+        raise FloatingPointError(
+            f"non-finite PPO loss or gradients in {skipped} of {count} minibatches at update "
+            f"{update} (those optimizer steps were skipped; nothing was trained on them): "
+            f"mean policy loss {means[0]:.4g}, value loss {means[1]:.4g}, entropy "
+            f"{means[2]:.4g}. Lower --lr, or check the env's rewards / observations for NaN or inf"
+        )
+    return dict(zip(STAT_KEYS, means[:SKIPPED]))
 
 
 def _seed_everything(seed: int) -> None:
@@ -287,12 +284,13 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
 
     envs = make_envs(args)
     agent = make_agent(args, envs).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.lr, eps=1e-5)
+    graphs = args.cuda_graph and device.type == "cuda"
+    optimizer = make_optimizer(agent, args.lr, graph=graphs)
     stats = EpisodeStats(args.stats_window, success=spec.score == "success")
     start_update, global_step = 0, 0
     if resume_state is not None:
         agent.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
+        restore_optimizer(optimizer, resume_state["optimizer"])
         stats.load_state_dict(resume_state["stats"])
         start_update, global_step = resume_state["update"], resume_state["global_step"]
         set_rng_state(resume_state["rng"])
@@ -330,7 +328,7 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
         desc=f"{args.env} {args.core}",
         enabled=args.progress,
     )
-    start_time, start_step = time.time(), global_step
+    clock = Throughput(global_step)
     losses: dict[str, float] = {}
 
     def checkpoint(update: int) -> None:
@@ -346,12 +344,14 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
             },
         )
 
-    actor = GraphedActor(agent, enabled=args.cuda_graph)
+    actor = GraphedActor(agent, enabled=graphs)
+    learner = PPOLearner(agent, optimizer, loss_config(args), graph=graphs)
     try:
         for update in range(start_update, num_updates):
             if args.anneal_lr:
-                optimizer.param_groups[0]["lr"] = args.lr * (1.0 - update / num_updates)
+                set_lr(optimizer, args.lr * (1.0 - update / num_updates))
             agent.eval()
+            clock.phase("other")  # logging, checkpoints
             carry = collect_rollout(agent, envs, storage, carry, stats, actor)
             global_step += batch_steps
             with torch.inference_mode():
@@ -367,17 +367,16 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
                 args.gae_lambda,
             )
             agent.train()
+            clock.phase("rollout")
             losses = ppo_update(
-                agent,
-                optimizer,
-                storage.sequences(advantages=advantages, returns=returns),
-                args,
-                update,
+                learner, storage.sequences(advantages=advantages, returns=returns), args, update
             )
+            clock.phase("update")
+            clock.update_done(global_step)
             losses["explained_variance"] = explained_variance(
                 storage.values.cpu().numpy().ravel(), returns.cpu().numpy().ravel()
             )
-            sps = (global_step - start_step) / (time.time() - start_time)
+            sps = clock.sps()
             stats.update_mmer()
             episode = stats.summary()
             if spec.score != "popgym":
@@ -385,18 +384,17 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
             logger.scalars({f"charts/{k}": v for k, v in episode.items()}, global_step)
             logger.scalars({f"losses/{k}": v for k, v in losses.items()}, global_step)
             logger.scalars(
-                {"charts/SPS": sps, "charts/learning_rate": optimizer.param_groups[0]["lr"]},
+                {"charts/SPS": sps, "charts/learning_rate": get_lr(optimizer)},
                 global_step,
             )
+            logger.scalars({f"perf/{k}": v for k, v in clock.summary().items()}, global_step)
             bar.update(batch_steps)
             bar.set_postfix_str(
                 f"sps={sps:,.0f} return={episode['episodic_return']:.3f} "
                 f"mmer={episode['mmer']:.3f}",
                 refresh=False,
             )
-            out_of_time = args.max_seconds is not None and (
-                time.time() - start_time >= args.max_seconds
-            )
+            out_of_time = args.max_seconds is not None and clock.seconds() >= args.max_seconds
             if (
                 (update + 1) % args.checkpoint_every == 0
                 or update + 1 == num_updates
@@ -410,15 +408,14 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
         logger.close()
         envs.close()
 
-    elapsed = time.time() - start_time
     summary = {
         "env": args.env,
         "core": args.core,
         "params": n_params,
         "steps": global_step,
         "updates": global_step // batch_steps,
-        "seconds": round(elapsed, 1),
-        "sps": round((global_step - start_step) / max(elapsed, 1e-9)),
+        "seconds": round(clock.seconds(), 1),
+        **clock.summary(),
         "device": str(device),
         "num_envs": N,
         "run_dir": args.run_dir,

@@ -1,10 +1,11 @@
-"""Where an RL agent's time goes: one acting step vs one PPO minibatch (forward + backward).
+"""Where an RL agent's time goes: one acting step vs one PPO minibatch step, eager and through
+the CUDA graphs that `rlmem ppo` uses on a GPU.
 
     python benchmarks/rl_profile.py --cores hqlt-sync gru --num-envs 512 --device cuda
 
-Acting: `Agent.act` for every env (the core's `step`). Learning: `Agent.evaluate` over
-[num_envs / minibatches, T] rows plus backward. Medians after warm-up (compilation excluded).
-Set RLMEM_IMPL=torch|triton to force the kernel path.
+Acting: `Agent.act` for every env (the core's `step`). Learning: one `PPOLearner` step (loss
+over [num_envs / minibatches, T] rows, backward, clipping, Adam). Medians after warm-up
+(compilation and capture excluded). Set RLMEM_IMPL=torch|triton to force the kernel path.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 
 import torch
 
+from agents.graphed import GraphedActor
+from agents.learner import LossConfig, PPOLearner, make_optimizer
 from agents.policy import Agent
 from envs import make_vector_env
 
@@ -47,40 +50,58 @@ def main() -> None:
     venv = make_vector_env(args.env, num_envs=args.num_envs)
     obs_space, action_space = venv.single_observation_space, venv.single_action_space
     impl = os.environ.get("RLMEM_IMPL", "auto")
-    print(f"{args.env} N={args.num_envs} T={args.num_steps} impl={impl}")
-    print(f"{'core':12s} {'act step ms':>12s} {'act SPS':>10s} {'minibatch f+b ms':>17s}")
+    print(f"{args.env} N={args.num_envs} T={args.num_steps} impl={impl}, medians in ms")
+    modes = ["eager", "graph"] if device.type == "cuda" else ["eager"]
+    print("| core | mode | act step | act SPS | PPO minibatch step | update (ms) |")
+    print("|---|---|---|---|---|---|")
     for core in args.cores:
-        t_act, t_learn = profile_core(core, obs_space, action_space, args, device)
-        print(
-            f"{core:12s} {t_act * 1e3:12.2f} {args.num_envs / t_act:10,.0f} {t_learn * 1e3:17.2f}"
-        )
+        for mode in modes:
+            t_act, t_learn = profile_core(core, obs_space, action_space, args, device, mode)
+            per_update = 4 * args.minibatches * t_learn  # 4 epochs
+            print(
+                f"| {core} | {mode} | {t_act * 1e3:.2f} | {args.num_envs / t_act:,.0f} | "
+                f"{t_learn * 1e3:.2f} | {per_update * 1e3:.0f} |",
+                flush=True,
+            )
 
 
-def profile_core(core, obs_space, action_space, args, device):
-    """Median seconds of one acting step and of one PPO minibatch forward + backward."""
+def profile_core(core, obs_space, action_space, args, device, mode):
+    """Median seconds of one acting step and of one PPO minibatch step (loss, backward, clip,
+    Adam), eagerly or through the CUDA graphs PPO uses."""
+    graph = mode == "graph"
+    torch.manual_seed(0)
     options = {"n_layers": 3, "d_model": 128}
     agent = Agent(obs_space, action_space, core=core, core_options=options).to(device)
     N, T = args.num_envs, args.num_steps
     obs = {k: torch.zeros(N, *s.shape, device=device) for k, s in obs_space.spaces.items()}
     resets = torch.zeros(N, dtype=torch.bool, device=device)
-    state = agent.initial_state(N)
+    actor = GraphedActor(agent, enabled=graph)
+    state = [agent.initial_state(N, device)]
 
     def act():
-        with torch.inference_mode():
-            agent.act(obs, state, resets)
+        with torch.no_grad():
+            state[0] = actor(obs, state[0], resets).state
 
+    batch = {
+        "obs": {k: torch.randn(N, T, *s.shape, device=device) for k, s in obs_space.spaces.items()},
+        "resets": torch.rand(N, T, device=device) < 0.01,
+        "actions": torch.zeros(N, T, dtype=torch.long, device=device),
+        "logprobs": torch.full((N, T), -1.4, device=device),
+        "values": torch.zeros(N, T, device=device),
+        "advantages": torch.randn(N, T, device=device),
+        "returns": torch.randn(N, T, device=device),
+        "state": agent.initial_state(N, device),
+    }
+    optimizer = make_optimizer(agent, 1e-4, graph=graph)
+    learner = PPOLearner(agent, optimizer, LossConfig(), graph=graph)
+    learner.load(batch)
     M = N // args.minibatches
-    seq = {k: torch.randn(M, T, *s.shape, device=device) for k, s in obs_space.spaces.items()}
-    seq_resets = torch.rand(M, T, device=device) < 0.01
-    actions = torch.zeros(M, T, dtype=torch.long, device=device)
-    start_state = agent.initial_state(M)
 
     def learn():
-        logp, ent, value, _ = agent.evaluate(seq, start_state, seq_resets, actions)
-        (logp.sum() + ent.sum() + value.sum()).backward()
+        learner.step(torch.randperm(N, device=device)[:M])
 
     for fn in (act, learn):
-        fn(), fn(), fn()  # compile / warm up
+        fn(), fn(), fn()  # compile / warm up / capture
     return timed(act, device, args.repeats), timed(learn, device, args.repeats)
 
 

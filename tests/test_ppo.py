@@ -15,6 +15,7 @@ from test_envs import CountingEnv  # noqa: F401  (registers the rlmem-test/Count
 from agents import evaluate as evaluate_cli
 from agents import ppo
 from agents.checkpoint import load_checkpoint, read_config
+from agents.learner import PPOLearner, make_optimizer, restore_optimizer
 from agents.metrics import EpisodeStats
 from agents.storage import RolloutStorage
 from rlmem.memory import states_close
@@ -113,18 +114,53 @@ def test_truncated_steps_bootstrap_from_the_final_observation_with_the_pre_reset
     envs.close()
 
 
+def _learner(agent, args):
+    optimizer = make_optimizer(agent, 1e-3, graph=False)
+    return optimizer, PPOLearner(agent, optimizer, ppo.loss_config(args), graph=False)
+
+
 def test_non_finite_loss_raises_instead_of_training():
     args, envs, agent, storage, carry = setup("popgym/RepeatFirstEasy", 2, 8)
     with torch.no_grad():
         ppo.collect_rollout(agent, envs, storage, carry, EpisodeStats())
     adv = torch.full_like(storage.rewards, float("nan"))
-    optimizer = torch.optim.Adam(agent.parameters())
+    optimizer, learner = _learner(agent, args)
     before = [p.detach().clone() for p in agent.parameters()]
-    with pytest.raises(FloatingPointError, match="non-finite PPO loss"):
-        ppo.ppo_update(
-            agent, optimizer, storage.sequences(advantages=adv, returns=adv), args, update=0
-        )
+    with pytest.raises(FloatingPointError, match="non-finite PPO loss or gradients in 8 of 8"):
+        ppo.ppo_update(learner, storage.sequences(advantages=adv, returns=adv), args, update=0)
     assert all(torch.equal(a, b) for a, b in zip(before, agent.parameters()))
+    assert all(s["exp_avg"].abs().sum() == 0 for s in optimizer.state.values())
+    envs.close()
+
+
+def test_only_the_minibatches_with_a_nan_are_skipped():
+    args, envs, agent, storage, carry = setup("popgym/RepeatFirstEasy", 4, 8)
+    args = dataclasses.replace(args, num_minibatches=4, update_epochs=1)
+    with torch.no_grad():
+        ppo.collect_rollout(agent, envs, storage, carry, EpisodeStats())
+    adv = torch.randn_like(storage.rewards)
+    adv[2, 3] = float("nan")  # env row 2: one minibatch of the epoch
+    optimizer, learner = _learner(agent, args)
+    with pytest.raises(FloatingPointError, match="in 1 of 4 minibatches"):
+        ppo.ppo_update(learner, storage.sequences(advantages=adv, returns=adv), args, update=0)
+    assert all(s["step"].item() == 3 for s in optimizer.state.values())
+    assert all(torch.isfinite(p).all() for p in agent.parameters())
+    envs.close()
+
+
+def test_optimizer_state_restores_into_the_fused_optimizer():
+    args, envs, agent, storage, carry = setup("popgym/RepeatFirstEasy", 2, 8)
+    plain = torch.optim.Adam(agent.parameters(), lr=0.25)  # e.g. an older checkpoint
+    for p in agent.parameters():
+        p.grad = torch.ones_like(p)
+    plain.step()
+    optimizer = make_optimizer(agent, 1e-3, graph=False)
+    restore_optimizer(optimizer, plain.state_dict())
+    group = optimizer.param_groups[0]
+    assert group["fused"] and group["lr"] == 0.25
+    assert all(s["step"].item() == 1 for s in optimizer.state.values())
+    optimizer.step()  # the fused kernel accepts the restored state
+    assert all(s["step"].item() == 2 for s in optimizer.state.values())
     envs.close()
 
 
