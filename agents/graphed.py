@@ -22,6 +22,22 @@ def _copy_into(static: State, value: State) -> None:
     tree_map(lambda s, v: s.copy_(v), static, value)
 
 
+def host_sync_in(fn) -> str | None:
+    """Runs `fn()` once with CUDA's sync debug mode on "error": returns the message if `fn`
+    waits on the GPU from the host (.item(), .nonzero(), .tolist(), ...) and so cannot be
+    captured, else None. Checking first matters: a capture that fails half-way can leave the
+    CUDA random generator unusable for the rest of the process."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    except RuntimeError as err:
+        return str(err).strip().splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    return None
+
+
 class GraphedActor:
     """`actor(obs, state, resets)` == `agent.act(obs, state, resets)` (sampled actions), replayed
     from a CUDA graph on CUDA and eager elsewhere.
@@ -45,7 +61,7 @@ class GraphedActor:
             try:
                 self._capture(obs, state, resets)
             except RuntimeError as err:  # e.g. an op that synchronises with the host
-                warnings.warn(f"CUDA graph capture failed, acting eagerly: {err}", stacklevel=2)
+                warnings.warn(f"acting eagerly, not through a CUDA graph: {err}", stacklevel=2)
                 self.enabled = False
                 torch.cuda.synchronize()
                 return self.agent.act(obs, state, resets)
@@ -70,9 +86,12 @@ class GraphedActor:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: allocator pools, cuBLAS handles, autotuning
-            for _ in range(3):
+            for _ in range(2):
                 run()
+            sync = host_sync_in(run)
         torch.cuda.current_stream().wait_stream(side)
+        if sync is not None:
+            raise RuntimeError(f"the policy step synchronises with the host ({sync})")
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             static["out"] = run()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from agents.graphed import host_sync_in
 from agents.policy import Agent
 from rlmem.memory import index_state, tree_map
 
@@ -114,9 +115,9 @@ class PPOLearner:
         agent: the policy; its parameters must be what `optimizer` steps.
         optimizer: from `make_optimizer` (fused Adam; capturable if `graph`).
         cfg: the loss and clipping settings.
-        graph: capture the step in a CUDA graph (CUDA only). If capture fails (a core whose
-            forward synchronises with the host, e.g. cuDNN GRU spans between resets), the
-            learner warns once and runs eagerly.
+        graph: capture the step in a CUDA graph (CUDA only). A core whose forward waits on
+            the GPU from the host (cuDNN GRU / LSTM spans between resets) cannot be captured:
+            the learner finds that out before capturing, warns once and runs eagerly.
 
     `step` returns the step's stats [7]: STAT_KEYS then 1.0 if the step was skipped because
     its gradients were not finite. With a graph the tensor is a buffer that the next step
@@ -177,9 +178,11 @@ class PPOLearner:
         self.force_skip.fill_(1.0)
         try:
             with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._step(self.batch, self.idx)
+                self._step(self.batch, self.idx)
+                sync = host_sync_in(lambda: self._step(self.batch, self.idx))
             torch.cuda.current_stream().wait_stream(side)
+            if sync is not None:
+                raise RuntimeError(f"the step synchronises with the host ({sync})")
             self.force_skip.fill_(0.0)
             self.optimizer.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
@@ -192,7 +195,6 @@ class PPOLearner:
             self.optimizer.zero_grad(set_to_none=True)
             self.graph_wanted = False
             warnings.warn(
-                f"CUDA graph capture of the PPO step failed, training eagerly: "
-                f"{str(err).splitlines()[0]}",
+                f"PPO steps run eagerly, not through a CUDA graph: {str(err).splitlines()[0]}",
                 stacklevel=3,
             )

@@ -54,6 +54,8 @@ print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 sps = {}
 for name in ["popgym_hqlt-sync", "popgym_gru", "minigrid_hqlt-sync", "minigrid_gru"]:
     path = os.path.join(out, "runs", name, "summary.json")
+    if not os.path.exists(os.path.join(out, f"{name}.log")):
+        continue  # not run (MINIGRID=0)
     if not os.path.exists(path):
         print(f"| {name} | failed: see {name}.log | | | | | | | | | | |")
         continue

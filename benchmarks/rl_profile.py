@@ -45,7 +45,16 @@ def main() -> None:
     p.add_argument("--minibatches", type=int, default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument(
+        "--rollout",
+        action="store_true",
+        help="instead: cProfile of whole PPO rollouts (env + acting + storage), top functions",
+    )
     args = p.parse_args()
+    if args.rollout:
+        for core in args.cores:
+            profile_rollout(core, args)
+        return
     device = torch.device(args.device)
     venv = make_vector_env(args.env, num_envs=args.num_envs)
     obs_space, action_space = venv.single_observation_space, venv.single_action_space
@@ -103,6 +112,56 @@ def profile_core(core, obs_space, action_space, args, device, mode):
     for fn in (act, learn):
         fn(), fn(), fn()  # compile / warm up / capture
     return timed(act, device, args.repeats), timed(learn, device, args.repeats)
+
+
+def profile_rollout(core: str, args) -> None:
+    """cProfile of `ppo.collect_rollout` as `rlmem ppo` runs it, after two warm-up rollouts."""
+    import cProfile
+    import pstats
+
+    from agents import ppo
+    from agents.metrics import EpisodeStats
+    from agents.storage import RolloutStorage
+
+    run = ppo.Args(
+        env=args.env,
+        core=core,
+        core_opt=["n_layers=3", "d_model=128"],
+        num_envs=args.num_envs,
+        num_steps=args.num_steps,
+        num_workers=1,
+        device=args.device,
+    )
+    device = torch.device(args.device)
+    envs = ppo.make_envs(run)
+    agent = ppo.make_agent(run, envs).to(device).eval()
+    head = agent.actor
+    storage = RolloutStorage(
+        envs.single_observation_space,
+        head.action_shape,
+        head.action_dtype,
+        run.num_envs,
+        run.num_steps,
+        device,
+    )
+    N = run.num_envs
+    carry = ppo.Carry(
+        ppo.to_device(envs.reset(seed=0), device),
+        torch.ones(N, dtype=torch.bool, device=device),
+        agent.initial_state(N, device),
+    )
+    actor, stats = GraphedActor(agent, enabled=device.type == "cuda"), EpisodeStats()
+    for _ in range(2):
+        carry = ppo.collect_rollout(agent, envs, storage, carry, stats, actor)
+    profiler, start = cProfile.Profile(), time.perf_counter()
+    profiler.enable()
+    for _ in range(3):
+        carry = ppo.collect_rollout(agent, envs, storage, carry, stats, actor)
+    profiler.disable()
+    seconds = (time.perf_counter() - start) / 3
+    print(f"\n== {core}: {seconds:.3f} s per rollout of {N} x {run.num_steps} steps (profiled)")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
+    envs.close()
 
 
 if __name__ == "__main__":
