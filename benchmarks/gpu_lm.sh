@@ -10,15 +10,17 @@
 #   (3) validation perplexity after a fixed token budget on the stdlib corpus:
 #       transformer, deltanet, hqlt-sync.
 # Logs and JSON go to $OUT (or /tmp/rlmem-lm); the last lines are the results table.
-# Knobs: PARITY_S (seconds of training per parity run, default 80; the learning-rate schedule
-# decays fully by then), LM_STEPS (optimiser steps of run 3, default 300), SECTIONS (which of
+# Knobs: PARITY_STEPS (optimiser steps per parity run, default 3000; a run stops early at 99%),
+# PARITY_S (a cap on each run's training seconds, default 150; the learning-rate schedule decays
+# fully by whichever budget ends first), LM_STEPS (optimiser steps of run 3, default 300), SECTIONS (which of
 # 1 2 3 to run, default "1 2 3"; e.g. SECTIONS=2 for the throughput runs alone).
 set -u
 OUT=${OUT:-/tmp/rlmem-lm}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export RLMEM_CACHE=${RLMEM_CACHE:-/tmp/rlmem-cache}
-PARITY_S=${PARITY_S:-80}
+PARITY_STEPS=${PARITY_STEPS:-3000}
+PARITY_S=${PARITY_S:-150}
 LM_STEPS=${LM_STEPS:-300}
 SECTIONS=${SECTIONS:-1 2 3}
 run_section() { [[ " $SECTIONS " == *" $1 "* ]]; }
@@ -27,11 +29,11 @@ python3 -c "import torch; print('torch', torch.__version__)"
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%F)"
 
 if run_section 1; then
-echo "== (1) parity: train lengths 3-40, test lengths 40-256, ${PARITY_S}s (or 10k steps) per core"
+echo "== (1) parity: train lengths 3-40, test lengths 40-256, $PARITY_STEPS steps (at most ${PARITY_S}s) per core"
 for core in hqlt-sync hqlt-delayed-stream hqlt-delayed-chunk; do
     timeout $((PARITY_S + 60)) python3 -m rlmem.cli lm task parity --core "$core" \
         --core-opt window=8 chunk=16 --n-layers 2 --d-model 128 --n-heads 4 \
-        --steps 10000 --batch-size 256 --lr 3e-3 --warmup-steps 500 --eval-interval 250 \
+        --steps "$PARITY_STEPS" --batch-size 256 --lr 3e-3 --warmup-steps 300 --eval-interval 250 \
         --test-size 2048 --target-acc 0.99 --time-budget "$PARITY_S" --no-progress-bar \
         --run-dir "$OUT/parity-$core" 2>&1 | tee "$OUT/parity-$core.log" | grep -E "^(step|parity)"
 done
