@@ -142,11 +142,15 @@ CHECKS = {
     "delta_bf16_T1024": lambda: check_delta(torch.bfloat16, 1e-2, T=1024),
     "delta_fp32_D128": lambda: check_delta(torch.float32, 1e-4, K=128, V=128, T=300, B=1, H=2),
     "delta_bf16_K32_V96": lambda: check_delta(torch.bfloat16, 1e-2, K=32, V=96, T=300, B=1, H=2),
+    "delta_fp32_K128_V64": lambda: check_delta(torch.float32, 1e-4, K=128, V=64, T=300, B=1, H=2),
+    "delta_bf16_D128": lambda: check_delta(torch.bfloat16, 1e-2, K=128, V=128, T=300, B=1, H=2),
     "delta_vs_fla": check_delta_vs_fla,
     "step": check_step,
     "swa_fp32": lambda: check_swa(torch.float32, 1e-4),
     "swa_bf16": lambda: check_swa(torch.bfloat16, 1e-2),
     "swa_bf16_W512": lambda: check_swa(torch.bfloat16, 1e-2, W=512),
+    "swa_fp32_D128": lambda: check_swa(torch.float32, 1e-4, T=300, B=1, H=2, D=128),
+    "swa_bf16_D128": lambda: check_swa(torch.bfloat16, 1e-2, T=300, B=1, H=2, D=128),
 }
 
 
@@ -325,9 +329,9 @@ SECTIONS = {
     "delta_rl": lambda: bench_delta(64, 256, 4, 64),
     "step": lambda: (bench_step(1024, 4, 64), bench_step(8, 4, 64)),
     "swa": lambda: (
-        bench_swa(64, 256, 4, 64, 64, with_peer=False),
-        bench_swa(8, 4096, 16, 64, 512, with_peer=False),
         bench_swa(8, 4096, 16, 64, 64),
+        bench_swa(64, 256, 4, 64, 64),
+        bench_swa(8, 4096, 16, 64, 512),
     ),
 }
 

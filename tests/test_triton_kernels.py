@@ -125,6 +125,9 @@ DELTA_CASES = {
     "plain_T63": (1, 63, 2, 16, 16, None, False, True, 0.7, torch.float32, 1e-4),
     "odd_dims_no_l2norm": (1, 70, 1, 24, 40, [(0, 69)], True, False, None, torch.float32, 1e-4),
     "fp16": (1, 63, 1, 16, 16, [(0, 20)], True, True, None, torch.float16, 1e-2),
+    # fp32 keys > 64 wide: bwd_chunk splits V into 64-column blocks (the last one masked)
+    "fp32_D128": (1, 70, 1, 128, 128, [(0, 30)], True, True, None, torch.float32, 1e-4),
+    "fp32_K128_V96": (1, 70, 1, 128, 96, [(0, 64)], True, True, None, torch.float32, 1e-4),
 }  # fmt: skip
 
 
@@ -204,7 +207,7 @@ def test_public_delta_rule_dispatches_to_triton():
 
 
 @pytest.mark.parametrize("l2norm", [True, False])
-@pytest.mark.parametrize("K,V", [(16, 16), (24, 40)])
+@pytest.mark.parametrize("K,V", [(16, 16), (24, 40), (128, 128)])
 def test_delta_rule_step_matches_reference(l2norm, K, V):
     gen = torch.Generator().manual_seed(K + V + l2norm)
     B, H = 3, 2
@@ -258,6 +261,7 @@ SWA_CASES = {
     "window1": (1, 40, 1, 16, 16, 1, [(0, 3)], None, None, torch.float32, 1e-4),
     "window_over_T": (1, 63, 1, 24, 16, 90, [(0, 50)], [70], None, torch.float32, 1e-4),
     "fp16": (1, 70, 1, 16, 16, 16, [(0, 10)], [15], None, torch.float16, 1e-2),
+    "fp32_D128": (1, 70, 1, 128, 128, 16, [(0, 10)], [15], None, torch.float32, 1e-4),
 }  # fmt: skip
 
 

@@ -29,6 +29,29 @@ def _v_block(DV: int) -> int:
     return min(block_dim(DV), 64)
 
 
+def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
+    """Tile sizes and launch options of each kernel for q, k, v of `dtype` and head dims DK, DV:
+    {"wy_inverse" | "fwd" | "bwd_state" | "bwd_chunk": {constexpr or option: value}}.
+
+    Hopper gives a block at most 227 KiB (232448 bytes) of shared memory. 16-bit inputs and fp32
+    heads up to 64 keep the tuned settings. fp32 keys wider than 64 (fp32 dots stage their
+    operands in shared memory, and each pipeline stage holds the chunk's 64 x K q and k tiles)
+    would need up to 290 KiB: the recurrences then pipeline 2 stages instead of 3, and
+    `bwd_chunk` splits V into 64-column blocks, one program each, whose partial dq, dk, dbeta
+    are summed on the host. Sizes per case: benchmarks/kernel_smem.py."""
+    BK = block_dim(DK)
+    wide_fp32 = dtype == torch.float32 and BK > 64
+    recurrence = dict(BK=BK, BV=_v_block(DV), num_warps=4, num_stages=2 if wide_fp32 else 3)
+    return {
+        "wy_inverse": dict(BK=BK, BS=SUB, num_warps=4, num_stages=3),
+        "fwd": recurrence,
+        "bwd_state": dict(recurrence),
+        "bwd_chunk": dict(
+            BK=BK, BV=_v_block(DV) if wide_fp32 else block_dim(DV), num_warps=8, num_stages=3
+        ),
+    }
+
+
 def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     """q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] contiguous; h0 [B, H, K, V] float32
     or None; seg int32 [B, T] or None. Returns o, the final state, Tinv and the chunk states
@@ -36,24 +59,23 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = triton.cdiv(T, CHUNK)
-    BK = block_dim(DK)
+    cfg = launch_config(q.dtype, DK, DV)
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
     seg_arg = seg if has_resets else q
     tinv = torch.empty(B * H, NT, CHUNK, CHUNK, device=q.device, dtype=torch.float32)
     wy_inverse_kernel[(NT, B * H)](
         k, beta, seg_arg, tinv, T, NT,
-        H=H, DK=DK, BK=BK, BS=SUB, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
-        DOT_DT=dot_dt, EPS=EPS, num_warps=4,
+        H=H, DK=DK, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt, EPS=EPS,
+        **cfg["wy_inverse"],
     )  # fmt: skip
     o = torch.empty_like(v)
     hs = torch.empty(B * H, NT, DK, DV, device=q.device, dtype=torch.float32) if store_h else o
     ht = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
-    BV = _v_block(DV)
-    fwd_kernel[(triton.cdiv(DV, BV), B * H)](
+    fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), B * H)](
         q, k, v, beta, seg_arg, tinv, h0 if h0 is not None else ht, o, hs, ht, T, NT, scale,
-        H=H, DK=DK, DV=DV, BK=BK, BV=BV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
-        HAS_H0=h0 is not None, STORE_H=store_h, DOT_DT=dot_dt, EPS=EPS, num_warps=4,
+        H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
+        HAS_H0=h0 is not None, STORE_H=store_h, DOT_DT=dot_dt, EPS=EPS, **cfg["fwd"],
     )  # fmt: skip
     return o, ht, tinv, (hs if store_h else None)
 
@@ -63,28 +85,34 @@ def _backward(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0)
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = triton.cdiv(T, CHUNK)
-    BK = block_dim(DK)
+    cfg = launch_config(q.dtype, DK, DV)
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
     seg_arg = seg if has_resets else q
     dhs = torch.empty_like(hs)
     dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if need_dh0 else None
-    BV = _v_block(DV)
-    bwd_state_kernel[(triton.cdiv(DV, BV), B * H)](
+    bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), B * H)](
         q, k, beta, seg_arg, tinv, do, dht if dht is not None else hs, dhs,
         dh0 if need_dh0 else hs, T, NT, scale,
-        H=H, DK=DK, DV=DV, BK=BK, BV=BV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
-        HAS_DHT=dht is not None, STORE_DH0=need_dh0, DOT_DT=dot_dt, EPS=EPS, num_warps=4,
+        H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
+        HAS_DHT=dht is not None, STORE_DH0=need_dh0, DOT_DT=dot_dt, EPS=EPS,
+        **cfg["bwd_state"],
     )  # fmt: skip
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
     dv = torch.empty_like(v)
-    dbeta = torch.empty_like(beta)
-    bwd_chunk_kernel[(NT, B * H)](
+    NV = triton.cdiv(DV, cfg["bwd_chunk"]["BV"])
+    if NV == 1:
+        dq, dk, dbeta = torch.empty_like(q), torch.empty_like(k), torch.empty_like(beta)
+    else:  # per V block partial sums, in float32
+        dq, dk = (torch.empty(NV, *q.shape, device=q.device, dtype=torch.float32)
+                  for _ in range(2))  # fmt: skip
+        dbeta = torch.empty(NV, *beta.shape, device=q.device, dtype=torch.float32)
+    bwd_chunk_kernel[(NT, B * H, NV)](
         q, k, v, beta, seg_arg, tinv, hs, dhs, do, dq, dk, dv, dbeta, T, NT, scale,
-        H=H, DK=DK, DV=DV, BK=BK, BV=block_dim(DV), C=CHUNK, L2NORM=l2norm_qk,
-        HAS_RESETS=has_resets, DOT_DT=dot_dt, EPS=EPS, num_warps=8,
+        H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
+        SPLIT_V=NV > 1, DOT_DT=dot_dt, EPS=EPS, **cfg["bwd_chunk"],
     )  # fmt: skip
+    if NV > 1:
+        dq, dk, dbeta = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dbeta.sum(0).to(beta.dtype)
     return dq, dk, dv, dbeta, dh0
 
 

@@ -10,7 +10,8 @@ Kernels:
     wy_inverse_kernel  (chunks in parallel): Tinv, by blocked forward substitution.
     fwd_kernel         (chunks in sequence): U, O and the states S_n.
     bwd_state_kernel   (chunks in reverse):  dS_{n+1} for every chunk and dS_0.
-    bwd_chunk_kernel   (chunks in parallel): dq, dk, dv, dbeta from S_n and dS_{n+1}.
+    bwd_chunk_kernel   (chunks in parallel): dq, dk, dv, dbeta from S_n and dS_{n+1}
+                       (optionally split over blocks of V columns, partial sums added).
 Tensors: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], seg int32 [B, T],
 Tinv [B*H, NT, C, C] (lower triangle only), states [B*H, NT, K, V] float32.
 """
@@ -418,15 +419,28 @@ def bwd_chunk_kernel(
     C: tl.constexpr,
     L2NORM: tl.constexpr,
     HAS_RESETS: tl.constexpr,
+    SPLIT_V: tl.constexpr,
     DOT_DT: tl.constexpr,
     EPS: tl.constexpr,
 ):
-    """Gradients of one chunk given S_n (hs) and dS_{n+1} (dhs). Grid (NT, B*H)."""
+    """Gradients of one chunk given S_n (hs) and dS_{n+1} (dhs). Grid (NT, B*H, cdiv(V, BV)).
+    Without SPLIT_V, BV covers V. With SPLIT_V, program i_v sees columns [i_v*BV, (i_v+1)*BV)
+    of v, do and the states, writes those of dv, and its share of dq, dk, dbeta into slice i_v
+    of float32 buffers [NV, B, T, H, K] and [NV, B, T, H], which the host sums (every term
+    below is linear in the products over V)."""
     i_n = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
     h = i_bh % H
     t0 = i_n * C
+    if SPLIT_V:
+        c0 = tl.program_id(2) * BV
+        part = tl.program_id(2).to(tl.int64) * tl.num_programs(1) * T  # B*H*T rows per slice
+        dq += part * DK
+        dk += part * DK
+        dbeta += part
+    else:
+        c0 = 0
     qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
     kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
     if L2NORM:
@@ -434,11 +448,11 @@ def bwd_chunk_kernel(
         rk = 1.0 / tl.sqrt(tl.sum(kc * kc, axis=1) + EPS)
         qc = qc * rq[:, None]
         kc = kc * rk[:, None]
-    vc = load_rows(v, b, h, t0, T, H, DV, 0, C, BV)
-    doc = load_rows(do, b, h, t0, T, H, DV, 0, C, BV)
+    vc = load_rows(v, b, h, t0, T, H, DV, c0, C, BV)
+    doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV)
     bc = load_vec(beta, b, h, t0, T, H, C)
     tm = _load_tinv(tinv, i_bh, i_n, NT, C)
-    h_offs, h_mask = _state_offsets(i_bh, i_n, NT, DK, DV, 0, BK, BV)
+    h_offs, h_mask = _state_offsets(i_bh, i_n, NT, DK, DV, c0, BK, BV)
     S = tl.load(hs + h_offs, mask=h_mask, other=0.0)
     dS = tl.load(dhs + h_offs, mask=h_mask, other=0.0)
     r = tl.arange(0, C)
@@ -485,7 +499,7 @@ def bwd_chunk_kernel(
     k_offs, k_mask = row_offsets(b, h, t0, T, H, DK, 0, C, BK)
     tl.store(dq + k_offs, dqc.to(dq.dtype.element_ty), mask=k_mask)
     tl.store(dk + k_offs, dkc.to(dk.dtype.element_ty), mask=k_mask)
-    v_offs, v_mask = row_offsets(b, h, t0, T, H, DV, 0, C, BV)
+    v_offs, v_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
     tl.store(dv + v_offs, dvc.to(dv.dtype.element_ty), mask=v_mask)
     rows = t0 + r
     tl.store(

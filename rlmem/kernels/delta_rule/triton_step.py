@@ -14,6 +14,12 @@ import triton.language as tl
 from rlmem.kernels.delta_rule.triton_common import EPS, block_dim
 
 
+def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict:
+    """Tile sizes and launch options of `step_kernel` (no dots: under 1 KiB of shared memory
+    at every head dim up to 128; `dtype` is accepted for symmetry with the chunk kernels)."""
+    return dict(BK=block_dim(DK), BV=min(block_dim(DV), 32), num_warps=4, num_stages=3)
+
+
 @triton.jit
 def step_kernel(
     q,
@@ -83,9 +89,9 @@ def delta_rule_step_triton(
     state = state.float().contiguous()
     o = torch.empty(B, H, DV, device=q.device, dtype=v.dtype)
     new_state = torch.empty_like(state)
-    BV = min(block_dim(DV), 32)
-    step_kernel[(B * H, triton.cdiv(DV, BV))](
+    cfg = launch_config(q.dtype, DK, DV)
+    step_kernel[(B * H, triton.cdiv(DV, cfg["BV"]))](
         q, k, v, beta, state, o, new_state, scale,
-        DK=DK, DV=DV, BK=block_dim(DK), BV=BV, L2NORM=l2norm_qk, EPS=EPS, num_warps=4,
+        DK=DK, DV=DV, L2NORM=l2norm_qk, EPS=EPS, **cfg,
     )  # fmt: skip
     return o, new_state

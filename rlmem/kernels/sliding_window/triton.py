@@ -20,6 +20,18 @@ BLOCK_M = 64
 BLOCK_N = 64
 
 
+def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict:
+    """Tile sizes and launch options of the three kernels for q, k, v of `dtype` and head dims
+    DK, DV. Hopper gives a block at most 227 KiB (232448 bytes) of shared memory; Triton's
+    3-stage pipelining of the key/value loads (4 tiles per stage with a prefix) needs up to
+    384 KiB for fp32 heads wider than 64, so those run unpipelined (num_stages=1, at most
+    144 KiB). 16-bit inputs and heads up to 64 keep the tuned settings. Sizes per case:
+    benchmarks/kernel_smem.py."""
+    BK, BV = block_dim(DK), block_dim(DV)
+    wide_fp32 = dtype == torch.float32 and max(BK, BV) > 64
+    return dict(BK=BK, BV=BV, BM=BLOCK_M, BN=BLOCK_N, num_warps=4, num_stages=1 if wide_fp32 else 3)
+
+
 def _lowest_keys(B, T, window, resets, prefix_len, device) -> torch.Tensor:
     """lo int32 [B, T]: the oldest key position query t may see on the prefix-extended axis
     (prefix entry i of P sits at i - P): max(t - W + 1, the episode's start), where an episode
@@ -42,11 +54,11 @@ def _forward(q, k, v, pk, pv, lo, window, scale):
     has_prefix = pk is not None
     o = torch.empty_like(v)
     lse = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
-    swa_fwd_kernel[(triton.cdiv(T, BLOCK_M), B * H)](
+    cfg = launch_config(q.dtype, DK, DV)
+    swa_fwd_kernel[(triton.cdiv(T, cfg["BM"]), B * H)](
         q, k, v, pk if has_prefix else k, pv if has_prefix else v, lo, o, lse,
         T, window - 1, scale,
-        H=H, DK=DK, DV=DV, BK=block_dim(DK), BV=block_dim(DV), BM=BLOCK_M, BN=BLOCK_N,
-        HAS_PREFIX=has_prefix, DOT_DT=dot_dtype(q.dtype), num_warps=4,
+        H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix, DOT_DT=dot_dtype(q.dtype), **cfg,
     )  # fmt: skip
     return o, lse
 
@@ -61,12 +73,10 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
     dpk = torch.empty_like(pk) if has_prefix else dk
     dpv = torch.empty_like(pv) if has_prefix else dv
     pk_arg, pv_arg = (pk, pv) if has_prefix else (k, v)
-    meta = dict(
-        H=H, DK=DK, DV=DV, BK=block_dim(DK), BV=block_dim(DV), BM=BLOCK_M, BN=BLOCK_N,
-        HAS_PREFIX=has_prefix, DOT_DT=dot_dtype(q.dtype), num_warps=4,
-    )  # fmt: skip
+    cfg = launch_config(q.dtype, DK, DV)
+    meta = dict(H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix, DOT_DT=dot_dtype(q.dtype), **cfg)
     n_keys = T + (P if has_prefix else 0)
-    swa_bwd_dkdv_kernel[(triton.cdiv(n_keys, BLOCK_N), B * H)](
+    swa_bwd_dkdv_kernel[(triton.cdiv(n_keys, cfg["BN"]), B * H)](
         q,
         k,
         v,
@@ -86,7 +96,7 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
         scale,
         **meta,
     )
-    swa_bwd_dq_kernel[(triton.cdiv(T, BLOCK_M), B * H)](
+    swa_bwd_dq_kernel[(triton.cdiv(T, cfg["BM"]), B * H)](
         q, k, v, pk_arg, pv_arg, lo, do, lse, delta, dq, T, P, scale, **meta
     )
     return dq, dk, dv, (dpk if has_prefix else None), (dpv if has_prefix else None)

@@ -1,0 +1,158 @@
+"""Shared memory per block of every rlmem Triton kernel, compiled ahead of time for Hopper.
+
+No GPU needed: each kernel is lowered for sm_90 with the launch settings that the host code
+uses (`launch_config` of the three host modules) up to Triton's shared-memory allocation pass,
+which gives the number that a launch checks against the card's limit ("out of resource: shared
+memory, Required: ..."). Each cell is the largest over the kernel's feature flags (resets,
+L2 norm, initial/final states, KV prefix) all on and all off.
+
+    python benchmarks/kernel_smem.py                       # fp32/bf16/fp16 x 7 head-dim pairs
+    python benchmarks/kernel_smem.py --dtypes fp32 --dims 128x128 96x32
+
+Prints a markdown table of bytes per block and exits 1 if a cell exceeds the limit (H100/H200:
+232448 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+import triton
+
+HOPPER_LIMIT = 232448  # bytes of shared memory a block may opt into on H100 / H200
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_DIMS = ["16x16", "32x32", "64x64", "32x96", "128x64", "64x128", "128x128"]
+KERNELS = ["wy_inverse", "fwd", "bwd_state", "bwd_chunk", "step", "swa_fwd", "swa_dkdv", "swa_dq"]
+_ROW_PTRS = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "pk", "pv", "dpk", "dpv", "beta")
+_INTS = ("T", "NT", "P", "W")
+
+
+def shared_bytes(fn, constexprs: dict, ptr_types: dict, num_warps: int, num_stages: int,
+                 capability: int = 90) -> int:  # fmt: skip
+    """Bytes of shared memory of the @triton.jit `fn` compiled for sm_<capability>.
+
+    constexprs: values of fn's constexpr parameters; ptr_types: Triton type of each pointer
+    parameter by name ("*bf16", ...; default "*fp32"). Other parameters named in _INTS are
+    i32, the rest fp32 scalars. Pointers and ints are marked 16-divisible, as a launch with
+    aligned tensors specialises them."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = fn.arg_names
+    sig = {}
+    for n in names:
+        if n in constexprs:
+            sig[n] = "constexpr"
+        elif n in _INTS:
+            sig[n] = "i32"
+        elif n == "scale":
+            sig[n] = "fp32"
+        else:
+            sig[n] = ptr_types.get(n, "*fp32")
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if sig[n].startswith("*") or sig[n] == "i32"}  # fmt: skip
+    src = ASTSource(fn, sig, constexprs, attrs)
+    target = GPUTarget("cuda", capability, 32)
+    options = dict(num_warps=num_warps, num_stages=num_stages)
+    try:
+        return _shared_after_allocation(src, target, options)
+    except (AttributeError, ImportError, TypeError):  # internals moved: full compile (slow)
+        return triton.compile(src, target=target, options=options).metadata.shared
+
+
+def _shared_after_allocation(src, target, opts) -> int:
+    """Runs Triton's pipeline only up to the shared-memory allocation of make_llir (the LLVM
+    and ptxas stages take 10-100x longer and do not change the number)."""
+    from triton._C.libtriton import ir, nvidia, passes
+    from triton.backends.nvidia.compiler import get_ptx_version_from_options
+    from triton.compiler.compiler import make_backend
+
+    backend = make_backend(target)
+    options = backend.parse_options(opts)
+    context = ir.context()
+    ir.load_dialects(context)
+    backend.load_dialects(context)
+    module = src.make_ir(target, options, backend.get_codegen_implementation(options),
+                         backend.get_module_map(), context)  # fmt: skip
+    stages: dict = {}
+    backend.add_stages(stages, options, src.language)
+    metadata = {"target": target, **options.__dict__}
+    module = stages["ttgir"](stages["ttir"](module, metadata), metadata)
+    pm = ir.pass_manager(module.context)
+    passes.ttgpuir.add_combine_tensor_select_and_if(pm)
+    passes.ttgpuir.add_allocate_warp_groups(pm)
+    passes.convert.add_scf_to_cf(pm)
+    passes.gluon.add_inliner(pm)
+    capability = target.arch
+    ptx = get_ptx_version_from_options(options, capability)
+    nvidia.passes.ttgpuir.add_allocate_shared_memory_nv(pm, capability, ptx)
+    pm.run(module, "smem")
+    return module.get_int_attr("ttg.shared")
+
+
+def _split(cfg: dict) -> tuple[dict, int, int]:
+    cfg = dict(cfg)
+    return cfg, cfg.pop("num_warps"), cfg.pop("num_stages")
+
+
+def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) -> int:
+    """Shared bytes of kernel `name` (one of KERNELS) at the host code's settings."""
+    from rlmem.kernels.delta_rule import triton_chunk, triton_chunk_kernels, triton_step
+    from rlmem.kernels.delta_rule.triton_common import EPS, dot_dtype
+    from rlmem.kernels.sliding_window import triton as swa
+    from rlmem.kernels.sliding_window import triton_kernels as swa_kernels
+
+    elem = "*" + {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    ptrs = {n: elem for n in _ROW_PTRS} | {"seg": "*i32", "lo": "*i32"}
+    dot = dot_dtype(dtype)
+    if name == "step":
+        cfg, nw, ns = _split(triton_step.launch_config(dtype, DK, DV))
+        consts = dict(DK=DK, DV=DV, L2NORM=flags, EPS=EPS, **cfg)
+        return shared_bytes(triton_step.step_kernel, consts, ptrs, nw, ns)
+    if name.startswith("swa_"):
+        cfg, nw, ns = _split(swa.launch_config(dtype, DK, DV))
+        fn = {"swa_fwd": swa_kernels.swa_fwd_kernel, "swa_dkdv": swa_kernels.swa_bwd_dkdv_kernel,
+              "swa_dq": swa_kernels.swa_bwd_dq_kernel}[name]  # fmt: skip
+        consts = dict(H=4, DK=DK, DV=DV, HAS_PREFIX=flags, DOT_DT=dot, **cfg)
+        return shared_bytes(fn, consts, ptrs, nw, ns)
+    cfg, nw, ns = _split(triton_chunk.launch_config(dtype, DK, DV)[name])
+    fn = getattr(triton_chunk_kernels, f"{name}_kernel")
+    states = dict(HAS_H0=flags, STORE_H=flags, HAS_DHT=flags, STORE_DH0=flags)
+    split_v = triton.cdiv(DV, cfg.get("BV", DV)) > 1
+    consts = dict(H=4, DK=DK, DV=DV, C=triton_chunk.CHUNK, L2NORM=flags, HAS_RESETS=flags,
+                  SPLIT_V=split_v, DOT_DT=dot, EPS=EPS, **states, **cfg)  # fmt: skip
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+    return shared_bytes(fn, consts, ptrs, nw, ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dtypes", nargs="*", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--dims", nargs="*", default=DEFAULT_DIMS, help="KxV head dims")
+    parser.add_argument("--kernels", nargs="*", default=KERNELS, choices=KERNELS)
+    parser.add_argument("--limit", type=int, default=HOPPER_LIMIT, help="bytes per block")
+    args = parser.parse_args(argv)
+    print(f"triton {triton.__version__}, target sm_90, limit {args.limit} bytes; "
+          "cells: bytes per block (max over flags all on / all off)")  # fmt: skip
+    print("| dtype | K x V | " + " | ".join(args.kernels) + " |")
+    print("|---|---|" + "---|" * len(args.kernels))
+    t0, over = time.time(), []
+    for dt in args.dtypes:
+        for dims in args.dims:
+            DK, DV = (int(x) for x in dims.lower().split("x"))
+            cells = []
+            for name in args.kernels:
+                b = max(kernel_smem(name, DTYPES[dt], DK, DV, f) for f in (True, False))
+                if b > args.limit:
+                    over.append(f"{name} {dt} {dims}")
+                cells.append(f"{b}" + (" OVER" if b > args.limit else ""))
+            print(f"| {dt} | {DK}x{DV} | " + " | ".join(cells) + " |", flush=True)
+    print(f"over the limit: {over or 'none'} ({time.time() - t0:.0f} s)")
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
