@@ -11,6 +11,7 @@ import triton
 
 from rlmem.kernels.delta_rule.triton_common import block_dim, dot_dtype
 from rlmem.kernels.sliding_window.triton_kernels import (
+    swa_bwd_delta_kernel,
     swa_bwd_dkdv_kernel,
     swa_bwd_dq_kernel,
     swa_fwd_kernel,
@@ -48,6 +49,15 @@ def _lowest_keys(B, T, window, resets, prefix_len, device) -> torch.Tensor:
     return torch.maximum(pos - P, start).to(torch.int32).contiguous()
 
 
+def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
+    """rowsum(o * do) [B, T, H] float32, read once from o and do in their dtype."""
+    B, T, H, DV = o.shape
+    delta = torch.empty(B, T, H, device=o.device, dtype=torch.float32)
+    N, BR = B * T * H, 64
+    swa_bwd_delta_kernel[(triton.cdiv(N, BR),)](o, do, delta, N, DV=DV, BV=block_dim(DV), BR=BR)
+    return delta
+
+
 def _forward(q, k, v, pk, pv, lo, window, scale):
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -56,9 +66,9 @@ def _forward(q, k, v, pk, pv, lo, window, scale):
     lse = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
     cfg = launch_config(q.dtype, DK, DV)
     swa_fwd_kernel[(triton.cdiv(T, cfg["BM"]), B * H)](
-        q, k, v, pk if has_prefix else k, pv if has_prefix else v, lo, o, lse,
-        T, window - 1, scale,
-        H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix, DOT_DT=dot_dtype(q.dtype), **cfg,
+        q, k, v, pk if has_prefix else k, pv if has_prefix else v, q if lo is None else lo, o,
+        lse, T, window - 1, scale, H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix,
+        HAS_LO=lo is not None, DOT_DT=dot_dtype(q.dtype), **cfg,
     )  # fmt: skip
     return o, lse
 
@@ -68,13 +78,17 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
     DV = v.shape[-1]
     P = window - 1
     has_prefix = pk is not None
-    delta = (o.float() * do.float()).sum(-1).contiguous()  # [B, T, H]
+    delta = _delta(o, do)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dpk = torch.empty_like(pk) if has_prefix else dk
     dpv = torch.empty_like(pv) if has_prefix else dv
     pk_arg, pv_arg = (pk, pv) if has_prefix else (k, v)
     cfg = launch_config(q.dtype, DK, DV)
-    meta = dict(H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix, DOT_DT=dot_dtype(q.dtype), **cfg)
+    meta = dict(
+        H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix, HAS_LO=lo is not None,
+        DOT_DT=dot_dtype(q.dtype), **cfg,
+    )  # fmt: skip
+    lo = q if lo is None else lo  # unread placeholder
     n_keys = T + (P if has_prefix else 0)
     swa_bwd_dkdv_kernel[(triton.cdiv(n_keys, cfg["BN"]), B * H)](
         q,
@@ -151,7 +165,9 @@ def sliding_window_attention_triton(
     else:
         prefix_k = prefix_k.to(k.dtype).contiguous()
         prefix_v = prefix_v.to(v.dtype).contiguous()
-    lo = _lowest_keys(B, T, window, resets, prefix_len, q.device)
+    lo = None  # no resets, no prefix lengths: the kernels bound keys by the window alone
+    if resets is not None or prefix_len is not None:
+        lo = _lowest_keys(B, T, window, resets, prefix_len, q.device)
     tensors = (q, k, v, prefix_k, prefix_v)
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
         return _SlidingWindowFunction.apply(q, k, v, prefix_k, prefix_v, lo, window, scale)

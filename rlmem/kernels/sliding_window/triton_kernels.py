@@ -82,6 +82,28 @@ def _load_row_vec(x, b, h, rows, T, H: tl.constexpr, other):
 
 
 @triton.jit
+def _key_floor(lo, b, rm, T, P, HAS_LO: tl.constexpr):
+    """lo[b, rm] (int32 [BM]); without HAS_LO (no resets, no prefix lengths: the host passes
+    no lo) the window alone bounds it, max(t - P, 0). Rows past T get a bound no key meets."""
+    if HAS_LO:
+        return tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
+    return tl.where(rm < T, tl.maximum(rm - P, 0), 2147483647)
+
+
+@triton.jit
+def swa_bwd_delta_kernel(o, do, delta, N, DV: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr):
+    """delta[r] = sum_j o[r, j] * do[r, j] in float32, rows r of the [N, DV] views of o and do
+    (N = B*T*H; delta is [B, T, H]). Grid (cdiv(N, BR),)."""
+    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
+    cols = tl.arange(0, BV)
+    mask = (rows[:, None] < N) & (cols[None, :] < DV)
+    offs = rows[:, None] * DV + cols[None, :]
+    a = tl.load(o + offs, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(do + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(delta + rows, tl.sum(a * g, axis=1), mask=rows < N)
+
+
+@triton.jit
 def swa_fwd_kernel(
     q,
     k,
@@ -102,6 +124,7 @@ def swa_fwd_kernel(
     BM: tl.constexpr,
     BN: tl.constexpr,
     HAS_PREFIX: tl.constexpr,
+    HAS_LO: tl.constexpr,
     DOT_DT: tl.constexpr,
 ):
     """o and lse of one block of BM queries. Grid (cdiv(T, BM), B*H)."""
@@ -111,7 +134,7 @@ def swa_fwd_kernel(
     h = i_bh % H
     rm = i_m * BM + tl.arange(0, BM)
     qt = _load_tokens(q, b, h, rm, T, H, DK, BK)
-    lo_m = tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
+    lo_m = _key_floor(lo, b, rm, T, P, HAS_LO)
     j_start = tl.min(lo_m, axis=0)
     j_end = tl.minimum(i_m * BM + BM, T)
     qk_scale = scale * 1.4426950408889634
@@ -167,6 +190,7 @@ def swa_bwd_dkdv_kernel(
     BM: tl.constexpr,
     BN: tl.constexpr,
     HAS_PREFIX: tl.constexpr,
+    HAS_LO: tl.constexpr,
     DOT_DT: tl.constexpr,
 ):
     """dk, dv of one block of BN keys (prefix keys into dpk, dpv). Grid (cdiv(P' + T, BN),
@@ -191,7 +215,7 @@ def swa_bwd_dkdv_kernel(
         rm = t0 + tl.arange(0, BM)
         qt = _load_tokens(q, b, h, rm, T, H, DK, BK)
         dot = _load_tokens(do, b, h, rm, T, H, DV, BV)
-        lo_m = tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
+        lo_m = _key_floor(lo, b, rm, T, P, HAS_LO)
         lse_m = _load_row_vec(lse, b, h, rm, T, H, 0.0)
         dl_m = _load_row_vec(delta, b, h, rm, T, H, 0.0)
         allowed = (rj[None, :] >= lo_m[:, None]) & (rj[None, :] <= rm[:, None])
@@ -228,6 +252,7 @@ def swa_bwd_dq_kernel(
     BM: tl.constexpr,
     BN: tl.constexpr,
     HAS_PREFIX: tl.constexpr,
+    HAS_LO: tl.constexpr,
     DOT_DT: tl.constexpr,
 ):
     """dq of one block of BM queries. Grid (cdiv(T, BM), B*H)."""
@@ -238,7 +263,7 @@ def swa_bwd_dq_kernel(
     rm = i_m * BM + tl.arange(0, BM)
     qt = _load_tokens(q, b, h, rm, T, H, DK, BK)
     dot = _load_tokens(do, b, h, rm, T, H, DV, BV)
-    lo_m = tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
+    lo_m = _key_floor(lo, b, rm, T, P, HAS_LO)
     lse_m = _load_row_vec(lse, b, h, rm, T, H, 0.0)
     dl_m = _load_row_vec(delta, b, h, rm, T, H, 0.0)
     j_start = tl.min(lo_m, axis=0)
