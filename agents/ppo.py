@@ -48,10 +48,10 @@ from agents.learner import (
     set_lr,
 )
 from agents.metrics import EpisodeStats, Logger, Throughput, explained_variance, progress_bar
-from agents.policy import Agent
+from agents.policy import ActOutput, Agent
 from agents.storage import RolloutStorage
 from envs import get_spec, make_vector_env
-from rlmem.memory import core_options, index_state
+from rlmem.memory import cat_states, core_options, index_state
 
 
 @dataclass
@@ -71,6 +71,11 @@ class Args:
     total_steps: int = arg(150_000, "total env steps")
     num_envs: int | None = arg(None, "parallel envs N (default: 16 on CPU, 512 on CUDA)")
     num_steps: int = arg(64, "rollout length T per env and update")
+    env_groups: int | None = arg(
+        None,
+        "step the envs in this many groups, in turn: one group's envs step on the CPU while "
+        "the GPU acts for the next (default: 2 on CUDA, 1 on CPU)",
+    )
     num_workers: int | None = arg(
         None,
         "env processes (default: 1 = in-process for POPGym and gymnasium, up to 8 for MiniGrid)",
@@ -123,6 +128,7 @@ RESUMABLE = {
     "total_steps",
     "device",
     "num_workers",
+    "env_groups",
     "checkpoint_every",
     "tensorboard",
     "progress",
@@ -152,7 +158,10 @@ def resolve_args(args: Args, device: torch.device) -> Args:
     run_dir = args.run_dir or os.path.join(
         "runs", f"{args.env.replace('/', '_')}__{args.core}__s{args.seed}__{stamp}"
     )
-    return dataclasses.replace(args, num_envs=num_envs, num_workers=num_workers, run_dir=run_dir)
+    env_groups = args.env_groups or (2 if device.type == "cuda" else 1)
+    return dataclasses.replace(
+        args, num_envs=num_envs, num_workers=num_workers, env_groups=env_groups, run_dir=run_dir
+    )
 
 
 def make_envs(args: Args):
@@ -161,6 +170,7 @@ def make_envs(args: Args):
         args.num_envs,
         parse_options(args.env_opt, "--env-opt"),
         num_workers=args.num_workers,
+        groups=args.env_groups or 1,
     )
 
 
@@ -187,24 +197,80 @@ class Carry:
     state: object  # core state before consuming obs
 
 
+@dataclass
+class _EnvGroup:
+    """One group of envs in the actor loop (rows `rows` of the rollout)."""
+
+    envs: object
+    rows: slice
+    actor: object
+    obs: dict[str, torch.Tensor]
+    resets: torch.Tensor
+    state: object
+    out: ActOutput | None = None
+    actions: torch.Tensor | None = None  # env actions on their way to the CPU
+    copied: torch.cuda.Event | None = None
+
+
 def collect_rollout(
-    agent: Agent, envs, storage: RolloutStorage, carry: Carry, stats: EpisodeStats, actor=None
+    agent: Agent, envs, storage: RolloutStorage, carry: Carry, stats: EpisodeStats, actors=None
 ) -> Carry:
     """Fills `storage` with T steps of every env and returns the carry for the next rollout.
-    `actor` (default `agent.act`) acts for every env, e.g. a `GraphedActor`."""
+
+    `actors` (default `agent.act`) act for every env, e.g. `GraphedActor`s: one actor, or one
+    per group of a `GroupedVectorEnv`. With groups, each step of group g's envs runs on the CPU
+    while the GPU acts for the next group, so that acting hides behind env stepping; the
+    rollout is the same as ungrouped, up to the order of random draws.
+    """
     device = storage.device
-    actor = actor or agent.act
-    for t in range(storage.num_steps):
-        storage.store_state(t, carry.state)
+    venvs, offsets = getattr(envs, "groups", [envs]), getattr(envs, "offsets", [0])
+    if actors is None:
+        actors = [agent.act] * len(venvs)
+    elif not isinstance(actors, (list, tuple)):
+        actors = [actors]
+    if len(actors) != len(venvs):
+        raise ValueError(f"{len(venvs)} env groups need as many actors, got {len(actors)}")
+    whole = len(venvs) == 1  # keep the carried state as it is (a graph's own buffer)
+    groups = []
+    for venv, offset, actor in zip(venvs, offsets, actors):
+        rows = slice(int(offset), int(offset) + venv.num_envs)
+        groups.append(
+            _EnvGroup(
+                venv,
+                rows,
+                actor,
+                {k: v[rows] for k, v in carry.obs.items()},
+                carry.resets[rows],
+                carry.state if whole else index_state(carry.state, rows),
+            )
+        )
+
+    def act(g: _EnvGroup, t: int) -> None:
         with torch.no_grad():
-            out = actor(carry.obs, carry.state, carry.resets)
-        storage.insert_action(t, carry.obs, carry.resets, out.action, out.logprob, out.value)
-        actions = agent.env_action(out.action).cpu().numpy()
-        obs, reward, terminated, truncated, info = envs.step(actions)
+            g.out = g.actor(g.obs, g.state, g.resets)
+        g.state = g.out.state
+        storage.insert_action(
+            t, g.obs, g.resets, g.out.action, g.out.logprob, g.out.value, rows=g.rows
+        )
+        actions = agent.env_action(g.out.action)
+        if device.type == "cuda":  # copy back without waiting; `finish` waits
+            if g.actions is None:
+                g.actions = torch.empty(actions.shape, dtype=actions.dtype, pin_memory=True)
+            g.actions.copy_(actions, non_blocking=True)
+            g.copied = torch.cuda.Event()
+            g.copied.record()
+        else:
+            g.actions = actions
+
+    def finish(g: _EnvGroup, t: int) -> None:
+        """Steps the group's envs with its actions of step t and stores the outcome."""
+        if g.copied is not None:
+            g.copied.synchronize()
+        obs, reward, terminated, truncated, info = g.envs.step(g.actions.numpy().copy())
         flags = torch.from_numpy(np.stack([reward, terminated, truncated]).astype(np.float32))
         reward_t, term_t, trunc_t = flags.to(device, non_blocking=True).unbind(0)
         term_t, trunc_t = term_t > 0.5, trunc_t > 0.5
-        storage.insert_outcome(t, reward_t, term_t, trunc_t)
+        storage.insert_outcome(t, reward_t, term_t, trunc_t, rows=g.rows)
         done = info["done_index"]
         if len(done):
             stats.add(info["episode_return"], info["episode_length"])
@@ -213,10 +279,31 @@ def collect_rollout(
                 rows = torch.from_numpy(done[bootstrap]).to(device)
                 final = to_device({k: v[bootstrap] for k, v in info["final_obs"].items()}, device)
                 with torch.inference_mode():
-                    final_value = agent.value(final, index_state(out.state, rows))
-                storage.final_values[rows, t] = final_value
-        carry = Carry(to_device(obs, device), term_t | trunc_t, out.state)
-    return carry
+                    final_value = agent.value(final, index_state(g.out.state, rows))
+                storage.final_values[rows + g.rows.start, t] = final_value
+        g.obs, g.resets = to_device(obs, device), term_t | trunc_t
+
+    pending = None
+    for t in range(storage.num_steps):
+        if t % storage.chunk == 0:
+            states = [g.state for g in groups]
+            storage.store_state(t, states[0] if whole else cat_states(states))
+        for g in groups:
+            act(g, t)
+            if whole:
+                finish(g, t)
+                continue
+            if pending is not None:  # the group that acted before this one, on the CPU now
+                finish(*pending)
+            pending = (g, t)
+    if pending is not None:
+        finish(*pending)
+    if whole:
+        g = groups[0]
+        return Carry(g.obs, g.resets, g.state)
+    obs = {k: torch.cat([g.obs[k] for g in groups]) for k in carry.obs}
+    resets = torch.cat([g.resets for g in groups])
+    return Carry(obs, resets, cat_states([g.state for g in groups]))
 
 
 def loss_config(args: Args) -> LossConfig:
@@ -344,7 +431,7 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
             },
         )
 
-    actor = GraphedActor(agent, enabled=graphs)
+    actors = [GraphedActor(agent, enabled=graphs) for _ in getattr(envs, "groups", [envs])]
     learner = PPOLearner(agent, optimizer, loss_config(args), graph=graphs)
     try:
         for update in range(start_update, num_updates):
@@ -352,7 +439,7 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
                 set_lr(optimizer, args.lr * (1.0 - update / num_updates))
             agent.eval()
             clock.phase("other")  # logging, checkpoints
-            carry = collect_rollout(agent, envs, storage, carry, stats, actor)
+            carry = collect_rollout(agent, envs, storage, carry, stats, actors)
             global_step += batch_steps
             with torch.inference_mode():
                 next_value = agent.value(carry.obs, carry.state, carry.resets)

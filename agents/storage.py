@@ -85,23 +85,30 @@ class RolloutStorage:
         action: torch.Tensor,
         logprob: torch.Tensor,
         value: torch.Tensor,
+        rows: slice = slice(None),
     ) -> None:
-        """What the actor saw and did at step t (all [N, ...])."""
+        """What the actor saw and did at step t (all [n, ...] for the envs `rows`)."""
         for key, x in obs.items():
-            self.obs[key][:, t] = x
-        self.resets[:, t] = resets
-        self.actions[:, t] = action
-        self.logprobs[:, t] = logprob
-        self.values[:, t] = value
+            self.obs[key][rows, t] = x
+        self.resets[rows, t] = resets
+        self.actions[rows, t] = action
+        self.logprobs[rows, t] = logprob
+        self.values[rows, t] = value
 
     def insert_outcome(
-        self, t: int, reward: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor
+        self,
+        t: int,
+        reward: torch.Tensor,
+        terminated: torch.Tensor,
+        truncated: torch.Tensor,
+        rows: slice = slice(None),
     ) -> None:
-        """What step t returned (all [N]); final values are filled separately, default 0."""
-        self.rewards[:, t] = reward
-        self.terminated[:, t] = terminated
-        self.truncated[:, t] = truncated
-        self.final_values[:, t] = 0.0
+        """What step t returned (all [n] for the envs `rows`); final values are filled
+        separately, default 0."""
+        self.rewards[rows, t] = reward
+        self.terminated[rows, t] = terminated
+        self.truncated[rows, t] = truncated
+        self.final_values[rows, t] = 0.0
 
     def to_sequences(self, x: torch.Tensor) -> torch.Tensor:
         """[N, T, ...] -> [S, C, ...] with S = N * T / C; sequence s = n * K + k is env n's

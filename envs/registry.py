@@ -21,7 +21,7 @@ import gymnasium as gym
 from envs import minigrid as mg
 from envs import popgym as pg
 from envs.observations import ObsEncoder, default_encoder
-from envs.vector import ProcVectorEnv, SyncVectorEnv, VectorEnv
+from envs.vector import GroupedVectorEnv, ProcVectorEnv, SyncVectorEnv, VectorEnv
 
 FAMILIES = ("popgym", "minigrid", "gymnasium")
 
@@ -159,6 +159,7 @@ def make_vector_env(
     num_envs: int,
     options: dict[str, Any] | None = None,
     num_workers: int = 1,
+    groups: int = 1,
 ) -> VectorEnv:
     """A vector env of `num_envs` copies of `name`.
 
@@ -169,10 +170,17 @@ def make_vector_env(
             force the previous-action / is-first features on or off.
         num_workers: 1 steps everything in this process (best for cheap envs such as POPGym);
             more splits the envs over that many processes (for MiniGrid).
+        groups: more than 1 gives a `GroupedVectorEnv` of that many vector envs (rows split
+            evenly, workers too), for actors that step one group while acting for another.
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     get_spec(name)
+    groups = max(1, min(groups, num_envs))
+    if groups > 1:
+        sizes = [num_envs // groups + (i < num_envs % groups) for i in range(groups)]
+        workers = max(1, num_workers // groups)
+        return GroupedVectorEnv([make_vector_env(name, n, options, workers) for n in sizes])
     num_workers = max(1, min(num_workers, num_envs))
     if num_workers == 1:
         return make_sync_vector_env(name, num_envs, options)

@@ -230,21 +230,7 @@ class ProcVectorEnv(VectorEnv):
         actions = np.asarray(actions)
         for pipe, offset, size in zip(self.pipes, self.offsets, self.sizes):
             pipe.send(("step", actions[offset : offset + size]))
-        results = self._gather()
-        obs = _cat_dicts([r[0] for r in results])
-        rewards, terminated, truncated = (
-            np.concatenate([r[j] for r in results]) for j in (1, 2, 3)
-        )
-        infos = [r[4] for r in results]
-        info = {
-            "done_index": np.concatenate(
-                [i["done_index"] + off for i, off in zip(infos, self.offsets)]
-            ),
-            "final_obs": _cat_dicts([i["final_obs"] for i in infos]),
-            "episode_return": np.concatenate([i["episode_return"] for i in infos]),
-            "episode_length": np.concatenate([i["episode_length"] for i in infos]),
-        }
-        return obs, rewards, terminated, truncated, info
+        return _merge_steps(self._gather(), self.offsets)
 
     def close(self, force: bool = False) -> None:
         if getattr(self, "_closed", True) and not force:
@@ -257,6 +243,53 @@ class ProcVectorEnv(VectorEnv):
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.terminate()
+
+
+class GroupedVectorEnv(VectorEnv):
+    """Vector envs side by side as one: group 0's envs are rows [0, n0), then group 1's, ...
+
+    `step` steps every group, like any vector env. `groups` and `offsets` let an actor step
+    the groups in turn instead: while one group's envs step on the CPU, the GPU acts for the
+    next group (see `agents.ppo.collect_rollout`). Env i is seeded `seed + i` on reset as in an
+    ungrouped vector env, so grouping does not change the episodes.
+    """
+
+    def __init__(self, groups: Sequence[VectorEnv]):
+        if not groups:
+            raise ValueError("GroupedVectorEnv needs at least one group")
+        self.groups = list(groups)
+        sizes = [g.num_envs for g in self.groups]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self.num_envs = int(sum(sizes))
+        self.single_observation_space = self.groups[0].single_observation_space
+        self.single_action_space = self.groups[0].single_action_space
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        seeds = [None if seed is None else seed + int(o) for o in self.offsets]
+        return _cat_dicts([g.reset(s) for g, s in zip(self.groups, seeds)])
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        actions = np.asarray(actions)
+        results = [g.step(actions[o : o + g.num_envs]) for g, o in zip(self.groups, self.offsets)]
+        return _merge_steps(results, self.offsets)
+
+    def close(self) -> None:
+        for group in self.groups:
+            group.close()
+
+
+def _merge_steps(results: Sequence[StepResult], offsets: np.ndarray) -> StepResult:
+    """One step result from those of consecutive slices of rows starting at `offsets`."""
+    obs = _cat_dicts([r[0] for r in results])
+    rewards, terminated, truncated = (np.concatenate([r[j] for r in results]) for j in (1, 2, 3))
+    infos = [r[4] for r in results]
+    info = {
+        "done_index": np.concatenate([i["done_index"] + off for i, off in zip(infos, offsets)]),
+        "final_obs": _cat_dicts([i["final_obs"] for i in infos]),
+        "episode_return": np.concatenate([i["episode_return"] for i in infos]),
+        "episode_length": np.concatenate([i["episode_length"] for i in infos]),
+    }
+    return obs, rewards, terminated, truncated, info
 
 
 def _cat_dicts(dicts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

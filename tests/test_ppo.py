@@ -98,6 +98,53 @@ def test_stored_states_equal_the_actors_and_replay_reproduces_the_rollout(chunk)
     envs.close()
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("core", ["gru", "hqlt-sync"])
+def test_env_groups_stepped_in_turn_give_the_ungrouped_rollout(core, device):
+    """Two env groups (acting for one while the other steps) fill the same storage as one
+    group, truncation bootstraps included (CountingNoTerm truncates every 3 steps). On CUDA
+    the actions come back through pinned memory without waiting on the GPU."""
+    runs = []
+    for groups in (1, 2):
+        torch.manual_seed(0)
+        args = ppo.Args(
+            env="rlmem-test/CountingNoTerm-v0",
+            core=core,
+            core_opt=SMALL,
+            num_envs=5,
+            num_steps=8,
+            num_workers=1,
+            env_groups=groups,
+            bptt_chunk=4,
+        )
+        envs = ppo.make_envs(args)
+        agent = ppo.make_agent(args, envs).to(device)
+        head = agent.actor
+        space = envs.single_observation_space
+        storage = RolloutStorage(space, head.action_shape, head.action_dtype, 5, 8, device, 4)
+        carry = ppo.Carry(
+            ppo.to_device(envs.reset(seed=0), device),
+            torch.ones(5, dtype=torch.bool, device=device),
+            agent.initial_state(5, device),
+        )
+        greedy = lambda o, s, r, agent=agent: agent.act(o, s, r, greedy=True)  # noqa: E731
+        stats = EpisodeStats()
+        with torch.no_grad():
+            for _ in range(2):  # the second rollout starts from a carried state
+                carry = ppo.collect_rollout(agent, envs, storage, carry, stats, [greedy] * groups)
+        runs.append((storage, carry, stats.episodes))
+        envs.close()
+    (a, carry_a, episodes_a), (b, carry_b, episodes_b) = runs
+    for name in ("resets", "actions", "values", "rewards", "truncated", "final_values"):
+        torch.testing.assert_close(getattr(b, name), getattr(a, name), msg=name)
+    torch.testing.assert_close(b.obs["vector"], a.obs["vector"])
+    assert (a.final_values != 0).any(), "no truncation bootstrap was exercised"
+    for sa, sb in zip(a.chunk_states, b.chunk_states):
+        assert states_close(sb, sa, rtol=1e-6)
+    assert states_close(carry_b.state, carry_a.state, rtol=1e-6)
+    assert torch.equal(carry_b.resets, carry_a.resets) and episodes_a == episodes_b
+
+
 def test_truncated_steps_bootstrap_from_the_final_observation_with_the_pre_reset_state():
     args, envs, agent, storage, carry = setup("rlmem-test/CountingNoTerm-v0", 2, 8)
     with torch.no_grad():
