@@ -119,7 +119,7 @@ def check_swa(dtype, tol, W=64, T=1024, B=2, H=4, D=64):
     g = torch.Generator(device=DEV).manual_seed(3)
     q, k, v = (torch.randn(B, T, H, D, device=DEV, generator=g).to(dtype) for _ in range(3))
     pk, pv = (torch.randn(B, W - 1, H, D, device=DEV, generator=g).to(dtype) for _ in range(2))
-    plen = torch.tensor([W // 3, W - 1], device=DEV)
+    plen = torch.tensor([W // 3, W - 1] * B, device=DEV)[:B]  # one valid length per row
     r = torch.rand(B, T, device=DEV, generator=g) < 0.01
     r[0, T // 10] = True
     leaves = [x.requires_grad_() for x in (q, k, v, pk, pv)]
