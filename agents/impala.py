@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from agents.actors import ActorConfig, ActorFailure, ActorPool, SharedWeights, UnrollBuffers
-from agents.args import arg, parse_args, parse_options
+from agents.args import AgentArgs, arg, parse_args, parse_options
 from agents.checkpoint import (
     load_checkpoint,
     read_config,
@@ -58,19 +58,7 @@ from envs import get_spec
 
 
 @dataclass
-class Args:
-    env: str = arg("popgym/RepeatPreviousEasy", "environment name (`rlmem envs` lists them)")
-    env_opt: list[str] = arg(
-        [], "env options key=value, e.g. agent_view_size=3", metavar="KEY=VALUE"
-    )
-    core: str = arg("hqlt-sync", "memory core (`rlmem cores` lists them)")
-    core_opt: list[str] = arg(
-        ["d_model=64", "n_layers=1"],
-        "core options key=value, e.g. d_model=128 n_layers=3; they are added after the "
-        "laptop-sized defaults, and later values win",
-        metavar="KEY=VALUE",
-    )
-    hidden: int | None = arg(None, "encoder hidden width (default: the core's d_model)")
+class Args(AgentArgs):
     total_steps: int = arg(150_000, "total env steps learned from (all ranks)")
     num_actors: int | None = arg(
         None, "actor processes A per rank (default: one per spare CPU core)"
@@ -87,54 +75,34 @@ class Args:
     slots_per_actor: int | None = arg(
         None, "shared unroll buffers per actor (default: enough for one batch, at least 2)"
     )
-    seed: int = arg(1, "random seed")
     run_dir: str | None = arg(
         None, "run directory (default: runs/<env>__<core>__impala__s<seed>__<time>)"
-    )
-    resume: str | None = arg(
-        None,
-        "continue the run in this directory (same step counter, "
-        "optimizer, RNG and TensorBoard curves)",
-        metavar="DIR",
     )
     device: str = arg("auto", "learner device: auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     optimizer: str = arg(
         "adam", "adam | rmsprop (TorchBeast's: alpha 0.99, eps 0.01)", choices=["adam", "rmsprop"]
     )
     lr: float = arg(2e-3, "learning rate")
-    anneal_lr: bool = arg(True, "anneal the learning rate linearly to 0")
-    gamma: float = arg(0.99, "discount")
     rho_bar: float = arg(
         1.0, "V-trace clip of the importance weights in the targets and the policy gradient"
     )
     c_bar: float = arg(1.0, "V-trace clip of the trace coefficients")
     vtrace_lambda: float = arg(1.0, "V-trace lambda (multiplies the trace coefficients)")
-    ent_coef: float = arg(0.01, "entropy bonus")
-    vf_coef: float = arg(0.5, "value loss coefficient")
     norm_adv: bool = arg(
         True,
         "normalise the V-trace policy-gradient advantages per batch "
         "(as Sample Factory's APPO and rlmem's PPO do)",
     )
-    max_grad_norm: float = arg(0.5, "gradient clipping norm")
     update_epochs: int = arg(
         1,
         "optimizer steps per batch (1: IMPALA; more reuses each batch, V-trace correcting "
         "for the policy moving in between, as in APPO)",
-    )
-    stats_window: int = arg(100, "episodes in the reporting window (mean return, MMER)")
-    max_seconds: float | None = arg(
-        None,
-        "stop after the update that passes this wall time "
-        "(checkpoint and summary are still written)",
     )
     checkpoint_every: int = arg(200, "write a checkpoint every K updates (and at the end)")
     log_every: int = arg(10, "log TensorBoard scalars every K updates (averaged over them)")
     max_actor_failures: int = arg(
         3, "give up when one actor dies this many times in a row without delivering an unroll"
     )
-    tensorboard: bool = arg(True, "log TensorBoard scalars to the run directory")
-    progress: bool = arg(True, "show a progress bar")
     torch_threads: int = arg(1, "CPU threads for the learner's torch")
 
 

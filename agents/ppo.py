@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.args import arg, parse_args, parse_options
+from agents.args import AgentArgs, arg, parse_args, parse_options
 from agents.checkpoint import (
     load_checkpoint,
     read_config,
@@ -55,19 +55,7 @@ from rlmem.memory import cat_states, core_options, index_state
 
 
 @dataclass
-class Args:
-    env: str = arg("popgym/RepeatPreviousEasy", "environment name (`rlmem envs` lists them)")
-    env_opt: list[str] = arg(
-        [], "env options key=value, e.g. agent_view_size=3", metavar="KEY=VALUE"
-    )
-    core: str = arg("hqlt-sync", "memory core (`rlmem cores` lists them)")
-    core_opt: list[str] = arg(
-        ["d_model=64", "n_layers=1"],
-        "core options key=value, e.g. d_model=128 n_layers=3; they are added after the "
-        "laptop-sized defaults, and later values win",
-        metavar="KEY=VALUE",
-    )
-    hidden: int | None = arg(None, "encoder hidden width (default: the core's d_model)")
+class Args(AgentArgs):
     total_steps: int = arg(150_000, "total env steps")
     num_envs: int | None = arg(None, "parallel envs N (default: 16 on CPU, 512 on CUDA)")
     num_steps: int = arg(64, "rollout length T per env and update")
@@ -80,42 +68,22 @@ class Args:
         None,
         "env processes (default: 1 = in-process for POPGym and gymnasium, up to 8 for MiniGrid)",
     )
-    seed: int = arg(1, "random seed")
     run_dir: str | None = arg(None, "run directory (default: runs/<env>__<core>__s<seed>__<time>)")
-    resume: str | None = arg(
-        None,
-        "continue the run in this directory (same step counter, "
-        "optimizer, RNG and TensorBoard curves)",
-        metavar="DIR",
-    )
     device: str = arg("auto", "auto | cpu | cuda", choices=["auto", "cpu", "cuda"])
     lr: float = arg(2e-3, "Adam learning rate")
-    anneal_lr: bool = arg(True, "anneal the learning rate linearly to 0")
-    gamma: float = arg(0.99, "discount")
     gae_lambda: float = arg(0.95, "GAE lambda")
     num_minibatches: int = arg(4, "minibatches per epoch (split by env / sequence, not time)")
     update_epochs: int = arg(4, "epochs per update")
     norm_adv: bool = arg(True, "normalise advantages per minibatch")
     clip_coef: float = arg(0.2, "PPO ratio clip")
     clip_vloss: bool = arg(True, "clip the value loss")
-    ent_coef: float = arg(0.01, "entropy bonus")
-    vf_coef: float = arg(0.5, "value loss coefficient")
-    max_grad_norm: float = arg(0.5, "gradient clipping norm")
     target_kl: float | None = arg(None, "stop the epochs of an update early above this KL")
     bptt_chunk: int | None = arg(
         None,
         "truncated BPTT: replay C-step chunks from the states "
         "stored at chunk starts (default: whole rows)",
     )
-    stats_window: int = arg(100, "episodes in the reporting window (mean return, MMER)")
-    max_seconds: float | None = arg(
-        None,
-        "stop after the update that passes this wall time "
-        "(checkpoint and summary are still written)",
-    )
     checkpoint_every: int = arg(50, "write a checkpoint every K updates (and at the end)")
-    tensorboard: bool = arg(True, "log TensorBoard scalars to the run directory")
-    progress: bool = arg(True, "show a progress bar")
     cuda_graph: bool = arg(
         True,
         "on CUDA, act and take PPO steps through CUDA graphs (both are launch-bound)",
