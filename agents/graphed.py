@@ -28,13 +28,15 @@ def host_sync_in(fn) -> str | None:
     captured, else None. Checking first matters: a capture that fails half-way can leave the
     CUDA random generator unusable for the rest of the process."""
     previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        fn()
-    except RuntimeError as err:
-        return str(err).strip().splitlines()[0]
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
+    with warnings.catch_warnings():  # "a prototype feature": said once per call otherwise
+        warnings.filterwarnings("ignore", message="Synchronization debug mode")
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            fn()
+        except RuntimeError as err:
+            return str(err).strip().splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
     return None
 
 

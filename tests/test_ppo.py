@@ -301,3 +301,24 @@ def test_minigrid_image_agent_trains_one_update(tmp_path):
         )
     )
     assert summary["steps"] == 16 and np.isfinite(summary["params"])
+
+
+def test_steady_sps_starts_after_the_first_update(monkeypatch):
+    from agents import metrics
+
+    now = [100.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: now[0])
+    clock = metrics.Throughput(start_step=0)
+    now[0] += 10.0  # the first update: compilation, graph capture
+    clock.phase("rollout")
+    clock.update_done(1000)
+    assert clock.sps_steady() is None and clock.summary() == {"sps": 100}
+    for step in (2000, 3000):
+        now[0] += 0.25
+        clock.phase("rollout")
+        now[0] += 0.25
+        clock.phase("update")
+        clock.update_done(step)
+    assert clock.sps() == 3000 / 11.0
+    assert clock.sps_steady() == 2000 / 1.0
+    assert clock.summary() == {"sps": 273, "sps_steady": 2000, "rollout_s": 0.25, "update_s": 0.25}
