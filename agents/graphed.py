@@ -4,8 +4,9 @@ Acting is launch-bound: one policy step is a few hundred small kernels (encoder,
 of the core, heads, sampling) over a batch of a few hundred envs, so the GPU waits on Python.
 `GraphedActor` captures `Agent.act` for a fixed batch once and then replays it: inputs are
 copied into static buffers, the graph runs, outputs are read back. Weights are read by address,
-so optimizer steps (in place) are seen by later replays. Anything that cannot be captured
-falls back to eager acting with a warning.
+so optimizer steps (in place) are seen by later replays. A policy whose step waits on the
+host (found by `host_sync_in` before capturing) acts eagerly, with a warning. The PPO step's
+graph is `agents.learner.PPOLearner`.
 """
 
 from __future__ import annotations

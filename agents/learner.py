@@ -31,6 +31,8 @@ SKIPPED = len(STAT_KEYS)  # index of the "step skipped as non-finite" flag in a 
 
 @dataclass(frozen=True)
 class LossConfig:
+    """The PPO loss and clipping settings (`rlmem ppo`'s flags of the same names)."""
+
     clip_coef: float = 0.2
     clip_vloss: bool = True
     ent_coef: float = 0.01

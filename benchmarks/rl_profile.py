@@ -115,7 +115,8 @@ def profile_core(core, obs_space, action_space, args, device, mode):
 
 
 def profile_rollout(core: str, args) -> None:
-    """cProfile of `ppo.collect_rollout` as `rlmem ppo` runs it, after two warm-up rollouts."""
+    """cProfile of `ppo.collect_rollout` as `rlmem ppo` runs it (on CUDA: two env groups, each
+    acting through its CUDA graph), after two warm-up rollouts."""
     import cProfile
     import pstats
 
@@ -130,6 +131,7 @@ def profile_rollout(core: str, args) -> None:
         num_envs=args.num_envs,
         num_steps=args.num_steps,
         num_workers=1,
+        env_groups=2 if args.device == "cuda" else 1,
         device=args.device,
     )
     device = torch.device(args.device)
@@ -150,13 +152,15 @@ def profile_rollout(core: str, args) -> None:
         torch.ones(N, dtype=torch.bool, device=device),
         agent.initial_state(N, device),
     )
-    actor, stats = GraphedActor(agent, enabled=device.type == "cuda"), EpisodeStats()
+    groups = getattr(envs, "groups", [envs])
+    actors = [GraphedActor(agent, enabled=device.type == "cuda") for _ in groups]
+    stats = EpisodeStats()
     for _ in range(2):
-        carry = ppo.collect_rollout(agent, envs, storage, carry, stats, actor)
+        carry = ppo.collect_rollout(agent, envs, storage, carry, stats, actors)
     profiler, start = cProfile.Profile(), time.perf_counter()
     profiler.enable()
     for _ in range(3):
-        carry = ppo.collect_rollout(agent, envs, storage, carry, stats, actor)
+        carry = ppo.collect_rollout(agent, envs, storage, carry, stats, actors)
     profiler.disable()
     seconds = (time.perf_counter() - start) / 3
     print(f"\n== {core}: {seconds:.3f} s per rollout of {N} x {run.num_steps} steps (profiled)")
