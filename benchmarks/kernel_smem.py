@@ -8,6 +8,7 @@ L2 norm, initial/final states, KV prefix) all on and all off.
 
     python benchmarks/kernel_smem.py                       # fp32/bf16/fp16 x 7 head-dim pairs
     python benchmarks/kernel_smem.py --dtypes fp32 --dims 128x128 96x32
+    python benchmarks/kernel_smem.py --kernels fwd fwd_recurrence fwd_output  # split forward
 
 Prints a markdown table of bytes per block and exits 1 if a cell exceeds the limit (H100/H200:
 232448 bytes).
@@ -25,7 +26,8 @@ import triton
 HOPPER_LIMIT = 232448  # bytes of shared memory a block may opt into on H100 / H200
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_DIMS = ["16x16", "32x32", "64x64", "32x96", "128x64", "64x128", "128x128"]
-KERNELS = ["wy_inverse", "fwd", "bwd_state", "bwd_chunk", "step", "swa_fwd", "swa_dkdv", "swa_dq"]
+KERNELS = ["wy_inverse", "fwd", "fwd_recurrence", "fwd_output", "bwd_state", "bwd_chunk",
+           "step", "swa_fwd", "swa_dkdv", "swa_dq"]  # fmt: skip
 _ROW_PTRS = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "pk", "pv", "dpk", "dpv", "beta")
 _INTS = ("T", "NT", "P", "W")
 
@@ -116,7 +118,7 @@ def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) ->
         cfg, nw, ns = _split(swa.launch_config(dtype, DK, DV))
         fn = {"swa_fwd": swa_kernels.swa_fwd_kernel, "swa_dkdv": swa_kernels.swa_bwd_dkdv_kernel,
               "swa_dq": swa_kernels.swa_bwd_dq_kernel}[name]  # fmt: skip
-        consts = dict(H=4, DK=DK, DV=DV, HAS_PREFIX=flags, DOT_DT=dot, **cfg)
+        consts = dict(H=4, DK=DK, DV=DV, HAS_PREFIX=flags, HAS_LO=flags, DOT_DT=dot, **cfg)
         return shared_bytes(fn, consts, ptrs, nw, ns)
     cfg, nw, ns = _split(triton_chunk.launch_config(dtype, DK, DV)[name])
     fn = getattr(triton_chunk_kernels, f"{name}_kernel")

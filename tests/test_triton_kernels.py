@@ -131,8 +131,15 @@ DELTA_CASES = {
 }  # fmt: skip
 
 
+@pytest.fixture(params=chunk_mod.FWD_PATHS)
+def fwd_path(request, monkeypatch):
+    """Runs a test once per forward path of the chunked delta rule (fused / split)."""
+    monkeypatch.setattr(chunk_mod, "FWD_PATH", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", list(DELTA_CASES))
-def test_delta_rule_matches_loop_reference(case):
+def test_delta_rule_matches_loop_reference(case, fwd_path):
     B, T, H, K, V, forced, has_h0, l2, scale, dtype, tol = DELTA_CASES[case]
     gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
     key_scale = 1.0 if l2 else 0.25  # unnormalised keys must keep the recurrence stable
@@ -165,7 +172,7 @@ def test_delta_rule_matches_loop_reference(case):
         assert_close(f"{case} {name}", g, g_ref, tol)
 
 
-def test_delta_rule_gradient_stops_at_reset_and_no_grad_path():
+def test_delta_rule_gradient_stops_at_reset_and_no_grad_path(fwd_path):
     gen = torch.Generator().manual_seed(3)
     B, T, H, K = 1, 80, 1, 16
     q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, K), gen=gen)
@@ -189,6 +196,33 @@ def test_delta_rule_gradient_stops_at_reset_and_no_grad_path():
         )  # fmt: skip
     assert ht2 is None
     assert torch.equal(o, o2)
+
+
+def test_delta_rule_forward_paths_agree(monkeypatch):
+    """The split forward gives the fused one's outputs, Tinv and chunk states (which the
+    backward reads), with and without stored states; a bad path name is refused."""
+    gen = torch.Generator().manual_seed(6)
+    B, T, H, K, V = 2, 100, 1, 16, 32
+    q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE) for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen).to(DEVICE)
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE)
+    h0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE)
+    seg = _resets(B, T, gen, [(0, 64), (1, 3)]).to(DEVICE).int().cumsum(1, dtype=torch.int32)
+    args = (q, k, v, beta, h0, seg, 0.25, True)
+    out = {}
+    for path in chunk_mod.FWD_PATHS:
+        monkeypatch.setattr(chunk_mod, "FWD_PATH", path)
+        out[path] = chunk_mod._forward(*args, store_h=True)
+        o, ht, _, hs = chunk_mod._forward(*args, store_h=False)
+        assert hs is None
+        assert torch.equal(o, out[path][0]) and torch.equal(ht, out[path][1])
+    for name, a, b in zip(["o", "final", "tinv", "states"], out["fused"], out["split"]):
+        if name == "tinv":  # only the lower triangle is written
+            a, b = a.tril(), b.tril()
+        assert_close(f"split vs fused {name}", b, a, 1e-5)
+    monkeypatch.setattr(chunk_mod, "FWD_PATH", "nope")
+    with pytest.raises(ValueError, match="fused, split"):
+        chunk_mod._forward(*args, store_h=False)
 
 
 def test_public_delta_rule_dispatches_to_triton():

@@ -1,11 +1,16 @@
 """Chunked delta rule in Triton: host functions and the autograd wrapper.
 
-Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence).
+Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence), or,
+with the environment variable RLMEM_DELTA_FWD=split (read once at import into `FWD_PATH`),
+`fwd_recurrence_kernel` (the recurrence alone, storing every chunk's state) then
+`fwd_output_kernel` (the outputs, chunks in parallel).
 Backward: `bwd_state_kernel` (reverse recurrence of dS) then `bwd_chunk_kernel` (chunks in
 parallel). Four launches per direction at most, whatever the sequence length.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -14,12 +19,27 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
     bwd_chunk_kernel,
     bwd_state_kernel,
     fwd_kernel,
+    fwd_output_kernel,
+    fwd_recurrence_kernel,
     wy_inverse_kernel,
 )
 from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, dot_dtype
 
 SUB = 16  # rows of a diagonal block of the triangular inverse (tl.dot needs >= 16)
 CHUNK = 4 * SUB
+FWD_PATHS = ("fused", "split")
+# "fused": fwd_kernel computes the recurrence and the outputs in one sequential pass;
+# "split": fwd_recurrence_kernel (sequential, states only) then fwd_output_kernel (parallel).
+FWD_PATH = os.environ.get("RLMEM_DELTA_FWD", "fused")
+
+
+def _fwd_path() -> str:
+    """FWD_PATH, checked (it comes from the environment, and tests patch it)."""
+    if FWD_PATH not in FWD_PATHS:
+        raise ValueError(
+            f"RLMEM_DELTA_FWD / FWD_PATH={FWD_PATH!r} is not one of {', '.join(FWD_PATHS)}"
+        )
+    return FWD_PATH
 
 
 def _v_block(DV: int) -> int:
@@ -31,20 +51,28 @@ def _v_block(DV: int) -> int:
 
 def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     """Tile sizes and launch options of each kernel for q, k, v of `dtype` and head dims DK, DV:
-    {"wy_inverse" | "fwd" | "bwd_state" | "bwd_chunk": {constexpr or option: value}}.
+    {"wy_inverse" | "fwd" | "fwd_recurrence" | "fwd_output" | "bwd_state" | "bwd_chunk":
+    {constexpr or option: value}}.
 
     Hopper gives a block at most 227 KiB (232448 bytes) of shared memory. 16-bit inputs and fp32
     heads up to 64 keep the tuned settings. fp32 keys wider than 64 (fp32 dots stage their
     operands in shared memory, and each pipeline stage holds the chunk's 64 x K q and k tiles)
     would need up to 290 KiB: the recurrences then pipeline 2 stages instead of 3, and
     `bwd_chunk` splits V into 64-column blocks, one program each, whose partial dq, dk, dbeta
-    are summed on the host. Sizes per case: benchmarks/kernel_smem.py."""
+    are summed on the host. `fwd_output` (no loop, so no pipelining) covers V in one program
+    except for wide fp32 keys, where it takes 64-column blocks too (each program then redoes
+    Q K^T, which does not depend on V). Sizes per case: benchmarks/kernel_smem.py."""
     BK = block_dim(DK)
     wide_fp32 = dtype == torch.float32 and BK > 64
     recurrence = dict(BK=BK, BV=_v_block(DV), num_warps=4, num_stages=2 if wide_fp32 else 3)
+    out_bv = _v_block(DV) if wide_fp32 else block_dim(DV)
     return {
         "wy_inverse": dict(BK=BK, BS=SUB, num_warps=4, num_stages=3),
         "fwd": recurrence,
+        "fwd_recurrence": dict(recurrence),
+        "fwd_output": dict(
+            BK=BK, BV=out_bv, num_warps=8 if BK * out_bv > 64 * 64 else 4, num_stages=1
+        ),
         "bwd_state": dict(recurrence),
         "bwd_chunk": dict(
             BK=BK, BV=_v_block(DV) if wide_fp32 else block_dim(DV), num_warps=8, num_stages=3
@@ -55,7 +83,8 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
 def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     """q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] contiguous; h0 [B, H, K, V] float32
     or None; seg int32 [B, T] or None. Returns o, the final state, Tinv and the chunk states
-    (None unless store_h)."""
+    (None unless store_h). FWD_PATH picks the fused or the split kernels; both give the same
+    Tinv and states, so the backward does not depend on it."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = triton.cdiv(T, CHUNK)
@@ -70,8 +99,24 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
         **cfg["wy_inverse"],
     )  # fmt: skip
     o = torch.empty_like(v)
-    hs = torch.empty(B * H, NT, DK, DV, device=q.device, dtype=torch.float32) if store_h else o
+    split = _fwd_path() == "split"
+    if store_h or split:  # the split path always needs the states (a temporary at inference)
+        hs = torch.empty(B * H, NT, DK, DV, device=q.device, dtype=torch.float32)
+    else:
+        hs = o  # unused pointer
     ht = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
+    if split:
+        fwd_recurrence_kernel[(triton.cdiv(DV, cfg["fwd_recurrence"]["BV"]), B * H)](
+            k, v, beta, seg_arg, tinv, h0 if h0 is not None else ht, hs, ht, T, NT,
+            H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
+            HAS_H0=h0 is not None, DOT_DT=dot_dt, EPS=EPS, **cfg["fwd_recurrence"],
+        )  # fmt: skip
+        fwd_output_kernel[(NT, B * H, triton.cdiv(DV, cfg["fwd_output"]["BV"]))](
+            q, k, v, beta, seg_arg, tinv, hs, o, T, NT, scale,
+            H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
+            DOT_DT=dot_dt, EPS=EPS, **cfg["fwd_output"],
+        )  # fmt: skip
+        return o, ht, tinv, (hs if store_h else None)
     fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), B * H)](
         q, k, v, beta, seg_arg, tinv, h0 if h0 is not None else ht, o, hs, ht, T, NT, scale,
         H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
