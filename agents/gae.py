@@ -36,29 +36,59 @@ def compute_gae(
         gamma, lam: discount and GAE lambda.
     """
     N, T = rewards.shape
-    for name, x in (
-        ("values", values),
-        ("terminated", terminated),
-        ("truncated", truncated),
-        ("final_values", final_values),
-    ):
+    check_rollout_shapes(
+        "compute_gae",
+        N,
+        T,
+        per_step={
+            "values": values,
+            "terminated": terminated,
+            "truncated": truncated,
+            "final_values": final_values,
+        },
+        per_env={"next_value": next_value},
+    )
+    values = values.float()
+    next_values = bootstrapped_next_values(values, next_value, terminated, truncated, final_values)
+    deltas = rewards.float() + gamma * next_values - values
+    advantages = reverse_discounted_sum(deltas, gamma * lam * (~(terminated | truncated)).float())
+    return advantages, advantages + values
+
+
+def check_rollout_shapes(
+    fn: str, N: int, T: int, per_step: dict[str, torch.Tensor], per_env: dict[str, torch.Tensor]
+) -> None:
+    """Raises a ValueError naming the expected shape unless every `per_step` tensor is [N, T]
+    and every `per_env` tensor is [N]."""
+    for name, x in per_step.items():
         if x.shape != (N, T):
             raise ValueError(
-                f"compute_gae: {name} must have shape [N, T] = [{N}, {T}], got {list(x.shape)}"
+                f"{fn}: {name} must have shape [N, T] = [{N}, {T}], got {list(x.shape)}"
             )
-    if next_value.shape != (N,):
-        raise ValueError(
-            f"compute_gae: next_value must have shape [N] = [{N}], got {list(next_value.shape)}"
-        )
-    values = values.float()
-    next_values = torch.cat([values[:, 1:], next_value.float()[:, None]], dim=1)
-    next_values = torch.where(truncated, final_values.float(), next_values)
-    next_values = next_values.masked_fill(terminated, 0.0)
-    deltas = rewards.float() + gamma * next_values - values
-    carry = gamma * lam * (~(terminated | truncated)).float()
-    advantages = torch.empty_like(deltas)
+    for name, x in per_env.items():
+        if x.shape != (N,):
+            raise ValueError(f"{fn}: {name} must have shape [N] = [{N}], got {list(x.shape)}")
+
+
+def bootstrapped_next_values(
+    values: torch.Tensor,
+    bootstrap_value: torch.Tensor,
+    terminated: torch.Tensor,
+    truncated: torch.Tensor,
+    final_values: torch.Tensor,
+) -> torch.Tensor:
+    """V of the observation after each step, [N, T] float32: values[t + 1] (bootstrap_value [N]
+    after the last step), final_values[t] where step t truncated, 0 where it terminated."""
+    next_values = torch.cat([values[:, 1:], bootstrap_value.float()[:, None]], dim=1)
+    next_values = torch.where(truncated.bool(), final_values.float(), next_values)
+    return next_values.masked_fill(terminated.bool(), 0.0)
+
+
+def reverse_discounted_sum(deltas: torch.Tensor, carry: torch.Tensor) -> torch.Tensor:
+    """x_t = deltas_t + carry_t * x_{t+1} backwards over T (x_T = 0); all [N, T]."""
+    out = torch.empty_like(deltas)
     last = torch.zeros_like(deltas[:, 0])
-    for t in range(T - 1, -1, -1):
+    for t in range(deltas.shape[1] - 1, -1, -1):
         last = deltas[:, t] + carry[:, t] * last
-        advantages[:, t] = last
-    return advantages, advantages + values
+        out[:, t] = last
+    return out

@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import torch
 
+from agents.gae import bootstrapped_next_values, check_rollout_shapes, reverse_discounted_sum
+
 
 class VTraceReturns(NamedTuple):
     vs: torch.Tensor  # [N, T] value targets
@@ -72,40 +74,31 @@ def vtrace(
         `VTraceReturns(vs, pg_advantages, rhos)`, each [N, T] float32, without gradients.
     """
     N, T = rewards.shape
-    for name, x in (
-        ("behaviour_logprobs", behaviour_logprobs),
-        ("target_logprobs", target_logprobs),
-        ("values", values),
-        ("terminated", terminated),
-        ("truncated", truncated),
-        ("final_values", final_values),
-    ):
-        if x.shape != (N, T):
-            raise ValueError(
-                f"vtrace: {name} must have shape [N, T] = [{N}, {T}], got {list(x.shape)}"
-            )
-    if bootstrap_value.shape != (N,):
-        raise ValueError(
-            f"vtrace: bootstrap_value must have shape [N] = [{N}], "
-            f"got {list(bootstrap_value.shape)}"
-        )
+    check_rollout_shapes(
+        "vtrace",
+        N,
+        T,
+        per_step={
+            "behaviour_logprobs": behaviour_logprobs,
+            "target_logprobs": target_logprobs,
+            "values": values,
+            "terminated": terminated,
+            "truncated": truncated,
+            "final_values": final_values,
+        },
+        per_env={"bootstrap_value": bootstrap_value},
+    )
     terminated, truncated = terminated.bool(), truncated.bool()
     values = values.float()
     rhos = (target_logprobs.float() - behaviour_logprobs.float()).exp()
     clipped_rhos = rhos if rho_bar is None else rhos.clamp(max=rho_bar)
     cs = lam * (rhos if c_bar is None else rhos.clamp(max=c_bar))
 
-    next_values = torch.cat([values[:, 1:], bootstrap_value.float()[:, None]], dim=1)
-    next_values = torch.where(truncated, final_values.float(), next_values)
-    next_values = next_values.masked_fill(terminated, 0.0)
+    next_values = bootstrapped_next_values(
+        values, bootstrap_value, terminated, truncated, final_values
+    )
     deltas = clipped_rhos * (rewards.float() + gamma * next_values - values)
-    carry = gamma * cs * (~(terminated | truncated)).float()
-
-    diffs = torch.empty_like(deltas)  # v_t - V(x_t)
-    last = torch.zeros_like(deltas[:, 0])
-    for t in range(T - 1, -1, -1):
-        last = deltas[:, t] + carry[:, t] * last
-        diffs[:, t] = last
+    diffs = reverse_discounted_sum(deltas, gamma * cs * (~(terminated | truncated)).float())
     vs = values + diffs
 
     done = terminated | truncated
