@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,50 @@ def save_checkpoint(run_dir: str, payload: dict[str, Any]) -> str:
     path = os.path.join(run_dir, CHECKPOINT_FILE)
     atomic_torch_save({**payload, "rng": rng_state()}, path)
     return path
+
+
+def save_run_state(
+    run_dir: str,
+    agent: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stats: Any,
+    update: int,
+    global_step: int,
+    config: dict[str, Any],
+    **extra: Any,
+) -> str:
+    """The checkpoint of a training run: weights, optimizer, counters, episode statistics (an
+    object with `state_dict`), the config and `extra` entries (plus the RNG states)."""
+    payload = {
+        "model": agent.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "update": update,
+        "global_step": global_step,
+        "stats": stats.state_dict(),
+        "config": config,
+        **extra,
+    }
+    return save_checkpoint(run_dir, payload)
+
+
+def restore_run_state(
+    state: dict[str, Any],
+    agent: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stats: Any,
+    load_optimizer: Callable[[torch.optim.Optimizer, dict], None] | None = None,
+) -> tuple[int, int]:
+    """Loads what `save_run_state` wrote into the run's objects and the RNGs; returns
+    (update, global_step). `load_optimizer(optimizer, state_dict)` defaults to
+    `optimizer.load_state_dict`."""
+    agent.load_state_dict(state["model"])
+    if load_optimizer is None:
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        load_optimizer(optimizer, state["optimizer"])
+    stats.load_state_dict(state["stats"])
+    set_rng_state(state["rng"])
+    return state["update"], state["global_step"]
 
 
 def load_checkpoint(run_dir: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -46,8 +46,8 @@ from agents.args import AgentArgs, arg, parse_args, parse_options
 from agents.checkpoint import (
     load_checkpoint,
     read_config,
-    save_checkpoint,
-    set_rng_state,
+    restore_run_state,
+    save_run_state,
     write_config,
 )
 from agents.metrics import EpisodeStats, Logger, explained_variance, progress_bar
@@ -393,11 +393,7 @@ def train(args: Args, resume_state: dict | None = None, on_update: Any = None) -
     stats = EpisodeStats(args.stats_window, success=spec.score == "success")
     start_update, global_step = 0, 0
     if resume_state is not None:
-        agent.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        stats.load_state_dict(resume_state["stats"])
-        start_update, global_step = resume_state["update"], resume_state["global_step"]
-        set_rng_state(resume_state["rng"])
+        start_update, global_step = restore_run_state(resume_state, agent, optimizer, stats)
     if dist.world > 1:
         import torch.distributed as tdist
 
@@ -452,17 +448,15 @@ def train(args: Args, resume_state: dict | None = None, on_update: Any = None) -
 
     def checkpoint(update: int) -> None:
         if dist.main:
-            save_checkpoint(
+            save_run_state(
                 args.run_dir,
-                {
-                    "model": agent.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "update": update,
-                    "global_step": global_step,
-                    "stats": stats.state_dict(),
-                    "config": dataclasses.asdict(args),
-                    "algorithm": "impala",
-                },
+                agent,
+                optimizer,
+                stats,
+                update,
+                global_step,
+                dataclasses.asdict(args),
+                algorithm="impala",
             )
 
     pool.start()

@@ -31,8 +31,8 @@ from agents.args import AgentArgs, arg, parse_args, parse_options
 from agents.checkpoint import (
     load_checkpoint,
     read_config,
-    save_checkpoint,
-    set_rng_state,
+    restore_run_state,
+    save_run_state,
     write_config,
 )
 from agents.gae import compute_gae
@@ -344,11 +344,9 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
     stats = EpisodeStats(args.stats_window, success=spec.score == "success")
     start_update, global_step = 0, 0
     if resume_state is not None:
-        agent.load_state_dict(resume_state["model"])
-        restore_optimizer(optimizer, resume_state["optimizer"])
-        stats.load_state_dict(resume_state["stats"])
-        start_update, global_step = resume_state["update"], resume_state["global_step"]
-        set_rng_state(resume_state["rng"])
+        start_update, global_step = restore_run_state(
+            resume_state, agent, optimizer, stats, restore_optimizer
+        )
 
     action_head = agent.actor
     storage = RolloutStorage(
@@ -387,16 +385,8 @@ def train(args: Args, resume_state: dict | None = None) -> dict:
     losses: dict[str, float] = {}
 
     def checkpoint(update: int) -> None:
-        save_checkpoint(
-            args.run_dir,
-            {
-                "model": agent.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "update": update,
-                "global_step": global_step,
-                "stats": stats.state_dict(),
-                "config": dataclasses.asdict(args),
-            },
+        save_run_state(
+            args.run_dir, agent, optimizer, stats, update, global_step, dataclasses.asdict(args)
         )
 
     actors = [GraphedActor(agent, enabled=graphs) for _ in getattr(envs, "groups", [envs])]
