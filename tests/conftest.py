@@ -6,31 +6,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from triton_interpreter import load_kernels  # noqa: E402
 
-def _create_triton_kernels_for_the_interpreter() -> None:
-    """On CPU, tests/test_triton_kernels.py needs Triton and every @triton.jit kernel created
-    under TRITON_INTERPRET=1, and rlmem imports triton indirectly (torch.compiler.disable
-    loads dynamo, which loads triton) in whichever test module comes first: so create them
-    here, before any test module. The variable is restored at once, so that other tests'
-    impl="auto" keeps choosing the PyTorch path."""
-    if torch.cuda.is_available() or "triton" in sys.modules:
-        return
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        import rlmem.kernels.delta_rule.triton_chunk  # noqa: F401
-        import rlmem.kernels.delta_rule.triton_step  # noqa: F401
-        import rlmem.kernels.sliding_window.triton  # noqa: F401
-    except ImportError:  # no triton: its tests skip themselves
-        pass
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-
-
-_create_triton_kernels_for_the_interpreter()
+# Before any test module imports triton: see tests/triton_interpreter.py.
+load_kernels()
 
 
 @pytest.fixture(autouse=True)

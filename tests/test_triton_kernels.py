@@ -4,73 +4,17 @@ on CUDA the same tests run compiled."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import os
-import sys
 import zlib
 
 import pytest
 import torch
+from triton_interpreter import load_kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNEL_MODULES = (
-    "rlmem.kernels.delta_rule.triton_chunk",
-    "rlmem.kernels.delta_rule.triton_step",
-    "rlmem.kernels.sliding_window.triton",
-)
-
-
-def _import_kernels() -> list:
-    """Import the kernel modules. On CPU, Triton itself and every @triton.jit function must be
-    created while TRITON_INTERPRET=1; the variable is set only for these imports, so that
-    other tests' impl="auto" keeps choosing the PyTorch path."""
-    if DEVICE == "cuda":
-        pytest.importorskip("triton")
-        return [importlib.import_module(n) for n in KERNEL_MODULES]
-    already = "triton" in sys.modules
-    saved = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        pytest.importorskip("triton")
-        from triton.language import standard
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if already and not isinstance(standard.sum, InterpretedFunction):
-            pytest.skip(
-                "triton was imported before TRITON_INTERPRET=1 was set; run these tests with "
-                "TRITON_INTERPRET=1 in the environment",
-                allow_module_level=True,
-            )
-        with contextlib.suppress(ImportError):
-            importlib.import_module("triton.experimental.gluon")  # imported lazily at launch
-        _repair_interpreter_scalar_index()
-        return [importlib.import_module(n) for n in KERNEL_MODULES]
-    finally:
-        if saved is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = saved
-
-
-def _repair_interpreter_scalar_index() -> None:
-    """Triton <= 3.6's interpreter turns a scalar into an index with int() of a 1-element
-    array, which NumPy >= 2.4 rejects (it breaks `range(n)` over a kernel argument)."""
-    from triton.runtime import interpreter
-
-    if getattr(interpreter, "_rlmem_index_repaired", False):
-        return
-    original = interpreter._patch_lang_tensor
-
-    def patched(tensor, scope):
-        original(tensor, scope)
-        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-    interpreter._patch_lang_tensor = patched
-    interpreter._rlmem_index_repaired = True
-
-
-chunk_mod, step_mod, swa_mod = _import_kernels()
+_modules, _why_not = load_kernels()
+if _modules is None:
+    pytest.skip(_why_not, allow_module_level=True)
+chunk_mod, step_mod, swa_mod = _modules
 delta_rule_triton = chunk_mod.delta_rule_triton
 delta_rule_step_triton = step_mod.delta_rule_step_triton
 sliding_window_attention_triton = swa_mod.sliding_window_attention_triton
