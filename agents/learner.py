@@ -160,8 +160,7 @@ class PPOLearner:
         return self.stats
 
     def _step(self, batch: dict, idx: torch.Tensor) -> torch.Tensor:
-        mb = tree_map(lambda x: x[idx], {k: v for k, v in batch.items() if k != "state"})
-        mb["state"] = index_state(batch["state"], idx)
+        mb = index_state(batch, idx)  # every leaf, the core state's too, is batch-first
         loss, stats = ppo_loss(self.agent, mb, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -225,7 +225,7 @@ def collect_rollout(
             if g.actions is None:
                 g.actions = torch.empty(actions.shape, dtype=actions.dtype, pin_memory=True)
             g.actions.copy_(actions, non_blocking=True)
-            g.copied = torch.cuda.Event()
+            g.copied = g.copied or torch.cuda.Event()  # one per group, recorded every step
             g.copied.record()
         else:
             g.actions = actions

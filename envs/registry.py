@@ -178,12 +178,18 @@ def make_vector_env(
     get_spec(name)
     groups = max(1, min(groups, num_envs))
     if groups > 1:
-        sizes = [num_envs // groups + (i < num_envs % groups) for i in range(groups)]
         workers = max(1, num_workers // groups)
-        return GroupedVectorEnv([make_vector_env(name, n, options, workers) for n in sizes])
+        return GroupedVectorEnv(
+            [make_vector_env(name, n, options, workers) for n in _even_split(num_envs, groups)]
+        )
     num_workers = max(1, min(num_workers, num_envs))
     if num_workers == 1:
         return make_sync_vector_env(name, num_envs, options)
-    sizes = [num_envs // num_workers + (i < num_envs % num_workers) for i in range(num_workers)]
+    sizes = _even_split(num_envs, num_workers)
     factories = [functools.partial(make_sync_vector_env, name, n, options) for n in sizes]
     return ProcVectorEnv(factories, sizes)
+
+
+def _even_split(n: int, parts: int) -> list[int]:
+    """`parts` sizes that add up to n and differ by at most one, larger first."""
+    return [n // parts + (i < n % parts) for i in range(parts)]
