@@ -8,7 +8,6 @@ L2 norm, initial/final states, KV prefix) all on and all off.
 
     python benchmarks/kernel_smem.py                       # fp32/bf16/fp16 x 7 head-dim pairs
     python benchmarks/kernel_smem.py --dtypes fp32 --dims 128x128 96x32
-    python benchmarks/kernel_smem.py --kernels fwd fwd_recurrence fwd_output  # split forward
 
 Prints a markdown table of bytes per block and exits 1 if a cell exceeds the limit (H100/H200:
 232448 bytes).
@@ -26,7 +25,7 @@ import triton
 HOPPER_LIMIT = 232448  # bytes of shared memory a block may opt into on H100 / H200
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_DIMS = ["16x16", "32x32", "64x64", "32x96", "128x64", "64x128", "128x128"]
-KERNELS = ["wy_inverse", "fwd", "fwd_recurrence", "fwd_output", "bwd_state", "bwd_chunk",
+KERNELS = ["wy_inverse", "fwd", "bwd_state", "bwd_chunk",
            "step", "swa_fwd", "swa_dkdv", "swa_dq"]  # fmt: skip
 _ROW_PTRS = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "pk", "pv", "dpk", "dpv", "beta")
 _INTS = ("T", "NT", "P", "W")

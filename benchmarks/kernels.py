@@ -11,7 +11,6 @@ failure; `bench` prints a table of medians (ms) with the ratio peer / ours (> 1:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 
@@ -240,33 +239,11 @@ def _bench_delta_case(B, T, H, D, with_resets, chunk_delta_rule):
     peer = "fla chunk_delta_rule" if chunk_delta_rule else "-"
     with torch.no_grad():
         t_p = bench(fla) if chunk_delta_rule else None
-        for path in ("fused", "split"):
-            with _delta_fwd_path(path):
-                row(_delta_name(name, path), shape, "fwd", bench(ours), peer, t_p)
+        row(name, shape, "fwd", bench(ours), peer, t_p)
     for x in (q, k, v, beta):
         x.requires_grad_()
     t_p = bench(fwd_bwd(fla, (q, k, v, beta))) if chunk_delta_rule else None
-    for path in ("fused", "split"):
-        with _delta_fwd_path(path):
-            row(_delta_name(name, path), shape, "fwd+bwd", bench(fwd_bwd(ours, (q, k, v, beta))),
-                peer, t_p)  # fmt: skip
-
-
-def _delta_name(name: str, path: str) -> str:
-    return name if path == "fused" else f"{name} (split fwd)"
-
-
-@contextlib.contextmanager
-def _delta_fwd_path(path: str):
-    """Runs the chunked delta rule's forward on `path` (triton_chunk.FWD_PATHS) inside."""
-    from rlmem.kernels.delta_rule import triton_chunk
-
-    saved = triton_chunk.FWD_PATH
-    triton_chunk.FWD_PATH = path
-    try:
-        yield
-    finally:
-        triton_chunk.FWD_PATH = saved
+    row(name, shape, "fwd+bwd", bench(fwd_bwd(ours, (q, k, v, beta))), peer, t_p)
 
 
 def bench_swa(B, T, H, D, W, with_peer=True):

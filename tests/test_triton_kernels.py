@@ -75,15 +75,8 @@ DELTA_CASES = {
 }  # fmt: skip
 
 
-@pytest.fixture(params=chunk_mod.FWD_PATHS)
-def fwd_path(request, monkeypatch):
-    """Runs a test once per forward path of the chunked delta rule (fused / split)."""
-    monkeypatch.setattr(chunk_mod, "FWD_PATH", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("case", list(DELTA_CASES))
-def test_delta_rule_matches_loop_reference(case, fwd_path):
+def test_delta_rule_matches_loop_reference(case):
     B, T, H, K, V, forced, has_h0, l2, scale, dtype, tol = DELTA_CASES[case]
     gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
     key_scale = 1.0 if l2 else 0.25  # unnormalised keys must keep the recurrence stable
@@ -116,7 +109,7 @@ def test_delta_rule_matches_loop_reference(case, fwd_path):
         assert_close(f"{case} {name}", g, g_ref, tol)
 
 
-def test_delta_rule_gradient_stops_at_reset_and_no_grad_path(fwd_path):
+def test_delta_rule_gradient_stops_at_reset_and_no_grad_path():
     gen = torch.Generator().manual_seed(3)
     B, T, H, K = 1, 80, 1, 16
     q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, K), gen=gen)
@@ -140,33 +133,6 @@ def test_delta_rule_gradient_stops_at_reset_and_no_grad_path(fwd_path):
         )  # fmt: skip
     assert ht2 is None
     assert torch.equal(o, o2)
-
-
-def test_delta_rule_forward_paths_agree(monkeypatch):
-    """The split forward gives the fused one's outputs, Tinv and chunk states (which the
-    backward reads), with and without stored states; a bad path name is refused."""
-    gen = torch.Generator().manual_seed(6)
-    B, T, H, K, V = 2, 100, 1, 16, 32
-    q, k = (torch.randn(B, T, H, K, generator=gen).to(DEVICE) for _ in range(2))
-    v = torch.randn(B, T, H, V, generator=gen).to(DEVICE)
-    beta = torch.rand(B, T, H, generator=gen).to(DEVICE)
-    h0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE)
-    seg = _resets(B, T, gen, [(0, 64), (1, 3)]).to(DEVICE).int().cumsum(1, dtype=torch.int32)
-    args = (q, k, v, beta, h0, seg, 0.25, True)
-    out = {}
-    for path in chunk_mod.FWD_PATHS:
-        monkeypatch.setattr(chunk_mod, "FWD_PATH", path)
-        out[path] = chunk_mod._forward(*args, store_h=True)
-        o, ht, _, hs = chunk_mod._forward(*args, store_h=False)
-        assert hs is None
-        assert torch.equal(o, out[path][0]) and torch.equal(ht, out[path][1])
-    for name, a, b in zip(["o", "final", "tinv", "states"], out["fused"], out["split"]):
-        if name == "tinv":  # only the lower triangle is written
-            a, b = a.tril(), b.tril()
-        assert_close(f"split vs fused {name}", b, a, 1e-5)
-    monkeypatch.setattr(chunk_mod, "FWD_PATH", "nope")
-    with pytest.raises(ValueError, match="fused, split"):
-        chunk_mod._forward(*args, store_h=False)
 
 
 def test_public_delta_rule_dispatches_to_triton():
@@ -280,3 +246,60 @@ def test_public_sliding_window_dispatches_to_triton():
         o = sliding_window_attention(q, k, v, window=8, impl="triton")
         o_ref = sliding_window_attention(q, k, v, window=8, impl="torch")
     assert_close("o", o, o_ref, 1e-4)
+
+
+# ---------------------------------------------------------------- custom ops and torch.compile
+
+
+def test_custom_ops_pass_opcheck():
+    """Schemas, fake (meta) functions, autograd registration and AOT tracing of the kernels'
+    custom ops, with and without the optional inputs."""
+    gen = torch.Generator().manual_seed(7)
+    B, T, H, K, W = 1, 70, 2, 16, 8
+    q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, K), gen=gen)
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_()
+    h0 = _tensors((B, H, K, K), gen=gen)[0]
+    seg = (torch.arange(T) >= 30).to(DEVICE, torch.int32)[None].expand(B, T).contiguous()
+    pk, pv = _tensors((B, W - 1, H, K), (B, W - 1, H, K), gen=gen)
+    lo = swa_mod._lowest_keys(B, T, W, None, torch.tensor([3], device=DEVICE), DEVICE)
+    no_grad = [x.detach() for x in (q, k, v, beta)]
+    cases = [
+        (chunk_mod.delta_rule_fwd, (q, k, v, beta, h0, seg, 0.25, True, True)),
+        (chunk_mod.delta_rule_fwd, (*no_grad, None, None, 0.25, False, False)),
+        (swa_mod.sliding_window_fwd, (q, k, v, pk, pv, lo, W, 0.25)),
+        (swa_mod.sliding_window_fwd, (q, k, v, None, None, None, W, 0.25)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("core_name", ["hqlt-sync", "transformer"])
+def test_core_compiles_in_one_graph(core_name, monkeypatch):
+    """torch.compile(fullgraph=True) traces a core through the Triton ops (no graph break) and
+    gives the eager outputs, final state and gradients."""
+    from rlmem.memory import make_core
+    from rlmem.memory.state import tree_leaves
+
+    monkeypatch.setenv("RLMEM_IMPL", "triton")
+    torch.manual_seed(8)
+    opts = {"window": 8} if core_name == "transformer" else {}
+    core = make_core(core_name, d_model=32, n_layers=2, n_heads=2, **opts).to(DEVICE)
+    x = torch.randn(2, 40, 32, device=DEVICE, requires_grad=True)
+    resets = torch.zeros(2, 40, dtype=torch.bool, device=DEVICE)
+    resets[1, 17] = True
+    backend = "inductor" if DEVICE == "cuda" else "aot_eager"  # inductor on CPU needs a C++ build
+    compiled = torch.compile(core, fullgraph=True, backend=backend)
+    results = []
+    for fn in (core, compiled):
+        y, state = fn(x, None, resets)
+        grads = torch.autograd.grad(y.square().sum(), [x, *core.parameters()])
+        results.append((y, state, grads))
+    (y0, s0, g0), (y1, s1, g1) = results
+    assert_close("y", y1, y0, 1e-5)
+    for a, b in zip(tree_leaves(s1), tree_leaves(s0)):
+        if a.is_floating_point():
+            assert_close("state", a, b, 1e-5)
+        else:
+            assert torch.equal(a, b)
+    for a, b in zip(g1, g0):
+        assert_close("grad", a, b, 1e-4)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+from collections.abc import Callable
 
 import torch
 
 IMPLS = ("auto", "torch", "triton")
 
 
+@torch.compiler.assume_constant_result  # torch.compile: a constant, not an import to trace
 def triton_available() -> bool:
     try:
         importlib.import_module("triton")
@@ -47,3 +50,11 @@ def check_shape(name: str, x: torch.Tensor | None, expected: tuple, letters: str
     if tuple(x.shape) != tuple(expected):
         dims = ", ".join(letters)
         raise ValueError(f"{name} must have shape [{dims}] = {list(expected)}, got {list(x.shape)}")
+
+
+def eager_under_compile(fn: Callable) -> Callable:
+    """`fn` run eagerly under torch.compile: dynamo graph-breaks around the call instead of
+    tracing into it. For the PyTorch reference paths, whose Python loops over chunks would
+    unroll into huge graphs; outside torch.compile this changes nothing. (The Triton paths are
+    custom ops, which torch.compile keeps in its graph.)"""
+    return functools.wraps(fn)(torch.compiler.disable(fn))

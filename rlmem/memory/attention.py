@@ -14,13 +14,9 @@ from rlmem.memory.base import MemoryCore, Mixer, positions
 from rlmem.memory.layers import (
     QKVProjection,
     apply_rope,
-    eager_under_compile,
     rope_tables,
     shift_in,
 )
-
-# Runs eagerly under torch.compile (see `eager_under_compile`).
-sliding_window_attention = eager_under_compile(sliding_window_attention)
 
 
 def kv_initial_state(batch_size, length, n_heads, head_dim, device=None, extra=()):

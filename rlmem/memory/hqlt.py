@@ -29,6 +29,7 @@ from rlmem.kernels import (
     linear_attention,
     linear_attention_step,
 )
+from rlmem.kernels._dispatch import eager_under_compile
 from rlmem.kernels.delta_rule.reference import l2norm
 from rlmem.memory.attention import kv_attend, kv_initial_state, kv_push, sliding_window_attention
 from rlmem.memory.base import MemoryCore, Mixer, positions, segment_ids
@@ -39,14 +40,12 @@ from rlmem.memory.layers import (
     QKVProjection,
     apply_rope,
     autocast_input,
-    eager_under_compile,
     rope_tables,
 )
 
 VARIANTS = ("delayed-stream", "delayed-chunk", "sync", "sync-linear")
 
-# The parallel memory ops run eagerly under torch.compile (see `eager_under_compile`).
-delta_rule = eager_under_compile(delta_rule)
+# The reference-only memory ops run eagerly under torch.compile (see `eager_under_compile`).
 delta_rule_chunk_read = eager_under_compile(delta_rule_chunk_read)
 linear_attention = eager_under_compile(linear_attention)
 

@@ -3,9 +3,6 @@ buffers, the output mixers of the two memories and the per-head output path."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,13 +44,6 @@ def rope(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Ten
     at the same positions, build `rope_tables` once and call `apply_rope` twice.)
     """
     return apply_rope(x, *rope_tables(pos, x.shape[-1], x.dtype, base))
-
-
-def eager_under_compile(fn: Callable) -> Callable:
-    """`fn` run eagerly under torch.compile: dynamo graph-breaks around the call instead of
-    tracing into it. For the memory ops, whose Triton kernels are launched from
-    torch.autograd.Function subclasses; outside torch.compile this changes nothing."""
-    return functools.wraps(fn)(torch.compiler.disable(fn))
 
 
 def autocast_input(x: torch.Tensor) -> torch.Tensor:

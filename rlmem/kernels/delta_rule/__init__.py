@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from rlmem.kernels._dispatch import check_shape, resolve_impl
+from rlmem.kernels._dispatch import check_shape, eager_under_compile, resolve_impl
 from rlmem.kernels.delta_rule.reference import (
     delta_rule_chunked,
     delta_rule_step_reference,
 )
+
+delta_rule_chunked = eager_under_compile(delta_rule_chunked)
 
 
 def delta_rule(

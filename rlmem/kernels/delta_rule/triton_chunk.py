@@ -1,16 +1,15 @@
 """Chunked delta rule in Triton: host functions and the autograd wrapper.
 
-Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence), or,
-with the environment variable RLMEM_DELTA_FWD=split (read once at import into `FWD_PATH`),
-`fwd_recurrence_kernel` (the recurrence alone, storing every chunk's state) then
-`fwd_output_kernel` (the outputs, chunks in parallel).
+Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence).
 Backward: `bwd_state_kernel` (reverse recurrence of dS) then `bwd_chunk_kernel` (chunks in
 parallel). Four launches per direction at most, whatever the sequence length.
+
+Both directions are torch.library custom ops (`rlmem::delta_rule_fwd`, `rlmem::delta_rule_bwd`)
+joined by `register_autograd`: torch.compile traces a model through them without a graph
+break (they stay opaque launches in its graph), and the eager path is the same code.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -19,27 +18,12 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
     bwd_chunk_kernel,
     bwd_state_kernel,
     fwd_kernel,
-    fwd_output_kernel,
-    fwd_recurrence_kernel,
     wy_inverse_kernel,
 )
 from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, dot_dtype
 
 SUB = 16  # rows of a diagonal block of the triangular inverse (tl.dot needs >= 16)
 CHUNK = 4 * SUB
-FWD_PATHS = ("fused", "split")
-# "fused": fwd_kernel computes the recurrence and the outputs in one sequential pass;
-# "split": fwd_recurrence_kernel (sequential, states only) then fwd_output_kernel (parallel).
-FWD_PATH = os.environ.get("RLMEM_DELTA_FWD", "fused")
-
-
-def _fwd_path() -> str:
-    """FWD_PATH, checked (it comes from the environment, and tests patch it)."""
-    if FWD_PATH not in FWD_PATHS:
-        raise ValueError(
-            f"RLMEM_DELTA_FWD / FWD_PATH={FWD_PATH!r} is not one of {', '.join(FWD_PATHS)}"
-        )
-    return FWD_PATH
 
 
 def _v_block(DV: int) -> int:
@@ -51,28 +35,20 @@ def _v_block(DV: int) -> int:
 
 def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     """Tile sizes and launch options of each kernel for q, k, v of `dtype` and head dims DK, DV:
-    {"wy_inverse" | "fwd" | "fwd_recurrence" | "fwd_output" | "bwd_state" | "bwd_chunk":
-    {constexpr or option: value}}.
+    {"wy_inverse" | "fwd" | "bwd_state" | "bwd_chunk": {constexpr or option: value}}.
 
     Hopper gives a block at most 227 KiB (232448 bytes) of shared memory. 16-bit inputs and fp32
     heads up to 64 keep the tuned settings. fp32 keys wider than 64 (fp32 dots stage their
     operands in shared memory, and each pipeline stage holds the chunk's 64 x K q and k tiles)
     would need up to 290 KiB: the recurrences then pipeline 2 stages instead of 3, and
     `bwd_chunk` splits V into 64-column blocks, one program each, whose partial dq, dk, dbeta
-    are summed on the host. `fwd_output` (no loop, so no pipelining) covers V in one program
-    except for wide fp32 keys, where it takes 64-column blocks too (each program then redoes
-    Q K^T, which does not depend on V). Sizes per case: benchmarks/kernel_smem.py."""
+    are summed on the host. Sizes per case: benchmarks/kernel_smem.py."""
     BK = block_dim(DK)
     wide_fp32 = dtype == torch.float32 and BK > 64
     recurrence = dict(BK=BK, BV=_v_block(DV), num_warps=4, num_stages=2 if wide_fp32 else 3)
-    out_bv = _v_block(DV) if wide_fp32 else block_dim(DV)
     return {
         "wy_inverse": dict(BK=BK, BS=SUB, num_warps=4, num_stages=3),
         "fwd": recurrence,
-        "fwd_recurrence": dict(recurrence),
-        "fwd_output": dict(
-            BK=BK, BV=out_bv, num_warps=8 if BK * out_bv > 64 * 64 else 4, num_stages=1
-        ),
         "bwd_state": dict(recurrence),
         "bwd_chunk": dict(
             BK=BK, BV=_v_block(DV) if wide_fp32 else block_dim(DV), num_warps=8, num_stages=3
@@ -83,8 +59,7 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
 def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     """q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] contiguous; h0 [B, H, K, V] float32
     or None; seg int32 [B, T] or None. Returns o, the final state, Tinv and the chunk states
-    (None unless store_h). FWD_PATH picks the fused or the split kernels; both give the same
-    Tinv and states, so the backward does not depend on it."""
+    (None unless store_h)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = triton.cdiv(T, CHUNK)
@@ -92,37 +67,35 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
     seg_arg = seg if has_resets else q
-    tinv = torch.empty(B * H, NT, CHUNK, CHUNK, device=q.device, dtype=torch.float32)
+    o, ht, tinv, hs = _forward_outputs(q, v, store_h)
     wy_inverse_kernel[(NT, B * H)](
         k, beta, seg_arg, tinv, T, NT,
         H=H, DK=DK, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt, EPS=EPS,
         **cfg["wy_inverse"],
     )  # fmt: skip
-    o = torch.empty_like(v)
-    split = _fwd_path() == "split"
-    if store_h or split:  # the split path always needs the states (a temporary at inference)
-        hs = torch.empty(B * H, NT, DK, DV, device=q.device, dtype=torch.float32)
-    else:
-        hs = o  # unused pointer
-    ht = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
-    if split:
-        fwd_recurrence_kernel[(triton.cdiv(DV, cfg["fwd_recurrence"]["BV"]), B * H)](
-            k, v, beta, seg_arg, tinv, h0 if h0 is not None else ht, hs, ht, T, NT,
-            H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
-            HAS_H0=h0 is not None, DOT_DT=dot_dt, EPS=EPS, **cfg["fwd_recurrence"],
-        )  # fmt: skip
-        fwd_output_kernel[(NT, B * H, triton.cdiv(DV, cfg["fwd_output"]["BV"]))](
-            q, k, v, beta, seg_arg, tinv, hs, o, T, NT, scale,
-            H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
-            DOT_DT=dot_dt, EPS=EPS, **cfg["fwd_output"],
-        )  # fmt: skip
-        return o, ht, tinv, (hs if store_h else None)
     fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), B * H)](
-        q, k, v, beta, seg_arg, tinv, h0 if h0 is not None else ht, o, hs, ht, T, NT, scale,
+        q, k, v, beta, seg_arg, tinv, h0 if h0 is not None else ht, o, hs if store_h else o, ht,
+        T, NT, scale,
         H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
         HAS_H0=h0 is not None, STORE_H=store_h, DOT_DT=dot_dt, EPS=EPS, **cfg["fwd"],
     )  # fmt: skip
-    return o, ht, tinv, (hs if store_h else None)
+    return o, ht, tinv, hs
+
+
+def _forward_outputs(q, v, store_h):
+    """Empty o [B, T, H, V], final state [B, H, K, V], Tinv [B*H, NT, C, C] and chunk states
+    [B*H, NT, K, V] (or [0] unless store_h), float32 but o; for the kernels and the fake op."""
+    B, T, H, DK = q.shape
+    DV = v.shape[-1]
+    NT = (T + CHUNK - 1) // CHUNK
+    f32 = dict(device=q.device, dtype=torch.float32)
+    hs = torch.empty(B * H, NT, DK, DV, **f32) if store_h else torch.empty(0, **f32)
+    return (
+        torch.empty_like(v),
+        torch.empty(B, H, DK, DV, **f32),
+        torch.empty(B * H, NT, CHUNK, CHUNK, **f32),
+        hs,
+    )
 
 
 def _backward(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0):
@@ -161,25 +134,88 @@ def _backward(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0)
     return dq, dk, dv, dbeta, dh0
 
 
-class _DeltaRuleFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, beta, h0, seg, scale, l2norm_qk):
-        o, ht, tinv, hs = _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h=True)
-        ctx.save_for_backward(q, k, v, beta, seg, tinv, hs)
-        ctx.scale = scale
-        ctx.l2norm_qk = l2norm_qk
-        ctx.has_h0 = h0 is not None
-        return o, ht
+@torch.library.custom_op("rlmem::delta_rule_fwd", mutates_args=())
+def delta_rule_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    h0: torch.Tensor | None,
+    seg: torch.Tensor | None,
+    scale: float,
+    l2norm_qk: bool,
+    store_h: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(o, final state, Tinv, chunk states) of `_forward`; the states are [0] unless
+    store_h (they, with Tinv, are what the backward reads)."""
+    return _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h)
 
-    @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, beta, seg, tinv, hs = ctx.saved_tensors
-        need_dh0 = ctx.has_h0 and ctx.needs_input_grad[4]
-        dq, dk, dv, dbeta, dh0 = _backward(
-            q, k, v, beta, seg, tinv, hs, do.contiguous(),
-            None if dht is None else dht.contiguous(), ctx.scale, ctx.l2norm_qk, need_dh0,
-        )  # fmt: skip
-        return dq, dk, dv, dbeta, dh0, None, None, None
+
+@delta_rule_fwd.register_fake
+def _delta_rule_fwd_fake(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
+    return _forward_outputs(q, v, store_h)
+
+
+@torch.library.custom_op("rlmem::delta_rule_bwd", mutates_args=())
+def delta_rule_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    seg: torch.Tensor | None,
+    tinv: torch.Tensor,
+    hs: torch.Tensor,
+    do: torch.Tensor,
+    dht: torch.Tensor | None,
+    scale: float,
+    l2norm_qk: bool,
+    need_dh0: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv, dbeta and dh0 ([0] unless need_dh0) of `_backward`."""
+    dq, dk, dv, dbeta, dh0 = _backward(
+        q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0
+    )
+    return dq, dk, dv, dbeta, dh0 if need_dh0 else _no_dh0(q)
+
+
+def _no_dh0(q: torch.Tensor) -> torch.Tensor:
+    return torch.empty(0, device=q.device, dtype=torch.float32)
+
+
+@delta_rule_bwd.register_fake
+def _delta_rule_bwd_fake(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0):
+    B, H, DK, DV = q.shape[0], q.shape[2], q.shape[3], v.shape[3]
+    f32 = dict(device=q.device, dtype=torch.float32)
+    dh0 = torch.empty(B, H, DK, DV, **f32) if need_dh0 else _no_dh0(q)
+    return (
+        torch.empty_like(q),
+        torch.empty_like(k),
+        torch.empty_like(v),
+        torch.empty_like(beta),
+        dh0,
+    )
+
+
+def _delta_rule_setup_context(ctx, inputs, output):
+    q, k, v, beta, h0, seg, scale, l2norm_qk, _store_h = inputs
+    _o, _ht, tinv, hs = output
+    ctx.save_for_backward(q, k, v, beta, seg, tinv, hs)
+    ctx.scale, ctx.l2norm_qk, ctx.has_h0 = scale, l2norm_qk, h0 is not None
+
+
+def _delta_rule_backward(ctx, do, dht, _dtinv, _dhs):
+    q, k, v, beta, seg, tinv, hs = ctx.saved_tensors
+    if hs.numel() == 0:
+        raise RuntimeError("rlmem::delta_rule_fwd ran with store_h=False: it has no backward")
+    need_dh0 = ctx.has_h0 and ctx.needs_input_grad[4]
+    dq, dk, dv, dbeta, dh0 = delta_rule_bwd(
+        q, k, v, beta, seg, tinv, hs, do.contiguous(),
+        None if dht is None else dht.contiguous(), ctx.scale, ctx.l2norm_qk, need_dh0,
+    )  # fmt: skip
+    return dq, dk, dv, dbeta, (dh0 if need_dh0 else None), None, None, None, None
+
+
+delta_rule_fwd.register_autograd(_delta_rule_backward, setup_context=_delta_rule_setup_context)
 
 
 def delta_rule_triton(
@@ -219,8 +255,5 @@ def delta_rule_triton(
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, beta, h0)
     )
-    if needs_grad:
-        o, ht = _DeltaRuleFunction.apply(q, k, v, beta, h0, seg, scale, l2norm_qk)
-    else:
-        o, ht, _, _ = _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h=False)
+    o, ht, _, _ = delta_rule_fwd(q, k, v, beta, h0, seg, scale, l2norm_qk, needs_grad)
     return o, (ht if output_final_state else None)

@@ -9,14 +9,11 @@ Per chunk of C = 4 * BS tokens, with seg the reset count (cumsum of resets) of e
 Kernels:
     wy_inverse_kernel  (chunks in parallel): Tinv, by blocked forward substitution.
     fwd_kernel         (chunks in sequence): U, O and the states S_n.
-  or, the split forward (RLMEM_DELTA_FWD=split):
-    fwd_recurrence_kernel (chunks in sequence): U and the states S_n only.
-    fwd_output_kernel     (chunks in parallel): U again and O from S_n.
     bwd_state_kernel   (chunks in reverse):  dS_{n+1} for every chunk and dS_0.
     bwd_chunk_kernel   (chunks in parallel): dq, dk, dv, dbeta from S_n and dS_{n+1}
                        (optionally split over blocks of V columns, partial sums added).
 Tensors: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], seg int32 [B, T],
-Tinv [B*H, NT, C, C] (lower triangle only), states [B*H, NT, K, V] float32.
+Tinv [B*H, NT, C, C] (zeros above the diagonal), states [B*H, NT, K, V] float32.
 """
 
 from __future__ import annotations
@@ -183,14 +180,21 @@ def wy_inverse_kernel(
     _store_block(base, t31, 3, 1, BS, C)
     _store_block(base, t32, 3, 2, BS, C)
     _store_block(base, t33, 3, 3, BS, C)
+    zero = tl.zeros([BS, BS], tl.float32)  # the upper triangle too: a fully defined output
+    _store_block(base, zero, 0, 1, BS, C)
+    _store_block(base, zero, 0, 2, BS, C)
+    _store_block(base, zero, 0, 3, BS, C)
+    _store_block(base, zero, 1, 2, BS, C)
+    _store_block(base, zero, 1, 3, BS, C)
+    _store_block(base, zero, 2, 3, BS, C)
 
 
 @triton.jit
 def _load_tinv(tinv, i_bh, n, NT, C: tl.constexpr):
-    """[C, C] lower triangle of Tinv of chunk n (the upper part is never written)."""
+    """[C, C] Tinv of chunk n (lower triangular, zeros above the diagonal)."""
     r = tl.arange(0, C)
     offs = (i_bh.to(tl.int64) * NT + n) * C * C + r[:, None] * C + r[None, :]
-    return tl.load(tinv + offs, mask=r[:, None] >= r[None, :], other=0.0)
+    return tl.load(tinv + offs)
 
 
 @triton.jit
@@ -311,119 +315,6 @@ def fwd_kernel(
         o_offs, o_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
         tl.store(o + o_offs, oc.to(o.dtype.element_ty), mask=o_mask)
     tl.store(ht + s_offs, S, mask=s_mask)
-
-
-@triton.jit
-def fwd_recurrence_kernel(
-    k,
-    v,
-    beta,
-    seg,
-    tinv,
-    h0,
-    hs,
-    ht,
-    T,
-    NT,
-    H: tl.constexpr,
-    DK: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    C: tl.constexpr,
-    L2NORM: tl.constexpr,
-    HAS_RESETS: tl.constexpr,
-    HAS_H0: tl.constexpr,
-    DOT_DT: tl.constexpr,
-    EPS: tl.constexpr,
-):
-    """The chunk recurrence alone (split forward): the state entering every chunk into hs
-    [B*H, NT, K, V] and the final state into ht [B, H, K, V]; no output. Per chunk three
-    matmuls, K S_n, U and K^T U, against fwd_kernel's six. Grid (cdiv(V, BV), B*H)."""
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    c0 = i_v * BV
-    s_offs, s_mask = _state_offsets(i_bh, 0, 1, DK, DV, c0, BK, BV)
-    if HAS_H0:  # noqa: SIM108
-        S = tl.load(h0 + s_offs, mask=s_mask, other=0.0)
-    else:
-        S = tl.zeros([BK, BV], tl.float32)
-    for n in range(NT):
-        t0 = n * C
-        h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
-        tl.store(hs + h_offs, S, mask=s_mask)
-        kc = _load_k_block(k, b, h, t0, T, H, DK, C, BK, L2NORM, EPS)
-        vc = load_rows(v, b, h, t0, T, H, DV, c0, C, BV)
-        bc = load_vec(beta, b, h, t0, T, H, C)
-        tm = _load_tinv(tinv, i_bh, n, NT, C)
-        ks = mm(kc, S, DOT_DT)
-        if HAS_RESETS:
-            f, g, keep, _same = _segments(seg, b, t0, T, C)
-            u = mm(tm, bc[:, None] * (vc - f[:, None] * ks), DOT_DT)
-            S = keep * S + mm(tl.trans(kc), g[:, None] * u, DOT_DT)
-        else:
-            u = mm(tm, bc[:, None] * (vc - ks), DOT_DT)
-            S = S + mm(tl.trans(kc), u, DOT_DT)
-    tl.store(ht + s_offs, S, mask=s_mask)
-
-
-@triton.jit
-def fwd_output_kernel(
-    q,
-    k,
-    v,
-    beta,
-    seg,
-    tinv,
-    hs,
-    o,
-    T,
-    NT,
-    scale,
-    H: tl.constexpr,
-    DK: tl.constexpr,
-    DV: tl.constexpr,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    C: tl.constexpr,
-    L2NORM: tl.constexpr,
-    HAS_RESETS: tl.constexpr,
-    DOT_DT: tl.constexpr,
-    EPS: tl.constexpr,
-):
-    """The output of one chunk given the state S_n entering it (hs, from
-    fwd_recurrence_kernel): U recomputed, then fwd_kernel's O. Grid (NT, B*H, cdiv(V, BV));
-    program z covers columns [z*BV, (z+1)*BV) of v, the state and o."""
-    i_n = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    b = i_bh // H
-    h = i_bh % H
-    c0 = tl.program_id(2) * BV
-    t0 = i_n * C
-    h_offs, h_mask = _state_offsets(i_bh, i_n, NT, DK, DV, c0, BK, BV)
-    S = tl.load(hs + h_offs, mask=h_mask, other=0.0)
-    qc, kc = _load_qk(q, k, b, h, t0, T, H, DK, C, BK, L2NORM, EPS)
-    vc = load_rows(v, b, h, t0, T, H, DV, c0, C, BV)
-    bc = load_vec(beta, b, h, t0, T, H, C)
-    tm = _load_tinv(tinv, i_bh, i_n, NT, C)
-    r = tl.arange(0, C)
-    causal = r[:, None] >= r[None, :]
-    ks = mm(kc, S, DOT_DT)
-    qs = mm(qc, S, DOT_DT)
-    a = mm(qc, tl.trans(kc), DOT_DT)
-    if HAS_RESETS:
-        f, _g, _keep, same = _segments(seg, b, t0, T, C)
-        u = mm(tm, bc[:, None] * (vc - f[:, None] * ks), DOT_DT)
-        a = tl.where(causal & same, a, 0.0)
-        oc = scale * (f[:, None] * qs + mm(a, u, DOT_DT))
-    else:
-        u = mm(tm, bc[:, None] * (vc - ks), DOT_DT)
-        a = tl.where(causal, a, 0.0)
-        oc = scale * (qs + mm(a, u, DOT_DT))
-    o_offs, o_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
-    tl.store(o + o_offs, oc.to(o.dtype.element_ty), mask=o_mask)
 
 
 @triton.jit

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from rlmem.kernels._dispatch import check_shape, resolve_impl
+from rlmem.kernels._dispatch import check_shape, eager_under_compile, resolve_impl
 from rlmem.kernels.sliding_window.reference import sliding_window_attention_reference
+
+sliding_window_attention_reference = eager_under_compile(sliding_window_attention_reference)
 
 
 def sliding_window_attention(

@@ -2,6 +2,10 @@
 
 Forward: `swa_fwd_kernel` (one program per query block). Backward: `swa_bwd_dkdv_kernel`
 (per key block, prefix keys included) and `swa_bwd_dq_kernel` (per query block).
+
+Both directions are torch.library custom ops (`rlmem::sliding_window_fwd`,
+`rlmem::sliding_window_bwd`) joined by `register_autograd`, so torch.compile traces through
+them without a graph break.
 """
 
 from __future__ import annotations
@@ -62,8 +66,7 @@ def _forward(q, k, v, pk, pv, lo, window, scale):
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     has_prefix = pk is not None
-    o = torch.empty_like(v)
-    lse = torch.empty(B, T, H, device=q.device, dtype=torch.float32)
+    o, lse = _forward_outputs(q, v)
     cfg = launch_config(q.dtype, DK, DV)
     swa_fwd_kernel[(triton.cdiv(T, cfg["BM"]), B * H)](
         q, k, v, pk if has_prefix else k, pv if has_prefix else v, q if lo is None else lo, o,
@@ -71,6 +74,11 @@ def _forward(q, k, v, pk, pv, lo, window, scale):
         HAS_LO=lo is not None, DOT_DT=dot_dtype(q.dtype), **cfg,
     )  # fmt: skip
     return o, lse
+
+
+def _forward_outputs(q, v):
+    """Empty o [B, T, H, V] and log-sum-exp [B, T, H] float32."""
+    return torch.empty_like(v), torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
 
 
 def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
@@ -116,20 +124,74 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
     return dq, dk, dv, (dpk if has_prefix else None), (dpv if has_prefix else None)
 
 
-class _SlidingWindowFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, pk, pv, lo, window, scale):
-        o, lse = _forward(q, k, v, pk, pv, lo, window, scale)
-        ctx.save_for_backward(q, k, v, pk, pv, lo, o, lse)
-        ctx.window = window
-        ctx.scale = scale
-        return o
+@torch.library.custom_op("rlmem::sliding_window_fwd", mutates_args=())
+def sliding_window_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pk: torch.Tensor | None,
+    pv: torch.Tensor | None,
+    lo: torch.Tensor | None,
+    window: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """o and the log-sum-exp of `_forward` (which the backward reads)."""
+    return _forward(q, k, v, pk, pv, lo, window, scale)
 
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, pk, pv, lo, o, lse = ctx.saved_tensors
-        grads = _backward(q, k, v, pk, pv, lo, o, lse, do.contiguous(), ctx.window, ctx.scale)
-        return (*grads, None, None, None)
+
+@sliding_window_fwd.register_fake
+def _sliding_window_fwd_fake(q, k, v, pk, pv, lo, window, scale):
+    return _forward_outputs(q, v)
+
+
+@torch.library.custom_op("rlmem::sliding_window_bwd", mutates_args=())
+def sliding_window_bwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pk: torch.Tensor | None,
+    pv: torch.Tensor | None,
+    lo: torch.Tensor | None,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    do: torch.Tensor,
+    window: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv, dprefix_k, dprefix_v of `_backward` (the last two [0] without a prefix)."""
+    dq, dk, dv, dpk, dpv = _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale)
+    if pk is None:
+        dpk, dpv = q.new_empty(0), v.new_empty(0)
+    return dq, dk, dv, dpk, dpv
+
+
+@sliding_window_bwd.register_fake
+def _sliding_window_bwd_fake(q, k, v, pk, pv, lo, o, lse, do, window, scale):
+    dpk, dpv = (q.new_empty(0), v.new_empty(0)) if pk is None else (
+        torch.empty_like(pk), torch.empty_like(pv)
+    )  # fmt: skip
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dpk, dpv
+
+
+def _sliding_window_setup_context(ctx, inputs, output):
+    q, k, v, pk, pv, lo, window, scale = inputs
+    ctx.save_for_backward(q, k, v, pk, pv, lo, *output)
+    ctx.window, ctx.scale, ctx.has_prefix = window, scale, pk is not None
+
+
+def _sliding_window_backward(ctx, do, _dlse):
+    q, k, v, pk, pv, lo, o, lse = ctx.saved_tensors
+    dq, dk, dv, dpk, dpv = sliding_window_bwd(
+        q, k, v, pk, pv, lo, o, lse, do.contiguous(), ctx.window, ctx.scale
+    )
+    if not ctx.has_prefix:
+        dpk = dpv = None
+    return dq, dk, dv, dpk, dpv, None, None, None
+
+
+sliding_window_fwd.register_autograd(
+    _sliding_window_backward, setup_context=_sliding_window_setup_context
+)
 
 
 def sliding_window_attention_triton(
@@ -168,7 +230,4 @@ def sliding_window_attention_triton(
     lo = None  # no resets, no prefix lengths: the kernels bound keys by the window alone
     if resets is not None or prefix_len is not None:
         lo = _lowest_keys(B, T, window, resets, prefix_len, q.device)
-    tensors = (q, k, v, prefix_k, prefix_v)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
-        return _SlidingWindowFunction.apply(q, k, v, prefix_k, prefix_v, lo, window, scale)
-    return _forward(q, k, v, prefix_k, prefix_v, lo, window, scale)[0]
+    return sliding_window_fwd(q, k, v, prefix_k, prefix_v, lo, window, scale)[0]
