@@ -83,17 +83,19 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
 
 
 def _forward_outputs(q, v, store_h):
-    """Empty o [B, T, H, V], final state [B, H, K, V] float32, Tinv [B*H, NT, C, C] and chunk
-    states [B*H, NT, K, V] (or [0] unless store_h); for the kernels and the fake op. Tinv and
-    the chunk states are only read as matmul operands, which the kernels cast to the inputs'
-    dtype: they are stored in it (half the bytes for bf16, the same numbers)."""
+    """Empty o [B, T, H, V], final state [B, H, K, V], Tinv [B*H, NT, C, C] and chunk states
+    [B*H, NT, K, V] (or [0] unless store_h), float32 but o; for the kernels and the fake op."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = (T + CHUNK - 1) // CHUNK
-    like_q = dict(device=q.device, dtype=q.dtype)
-    hs = torch.empty(B * H, NT, DK, DV, **like_q) if store_h else q.new_empty(0)
-    final = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
-    return torch.empty_like(v), final, torch.empty(B * H, NT, CHUNK, CHUNK, **like_q), hs
+    f32 = dict(device=q.device, dtype=torch.float32)
+    hs = torch.empty(B * H, NT, DK, DV, **f32) if store_h else torch.empty(0, **f32)
+    return (
+        torch.empty_like(v),
+        torch.empty(B, H, DK, DV, **f32),
+        torch.empty(B * H, NT, CHUNK, CHUNK, **f32),
+        hs,
+    )
 
 
 def _backward(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0):

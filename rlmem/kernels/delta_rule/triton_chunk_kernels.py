@@ -13,9 +13,7 @@ Kernels:
     bwd_chunk_kernel   (chunks in parallel): dq, dk, dv, dbeta from S_n and dS_{n+1}
                        (optionally split over blocks of V columns, partial sums added).
 Tensors: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], seg int32 [B, T],
-Tinv [B*H, NT, C, C] (zeros above the diagonal) and the per-chunk states hs, dhs
-[B*H, NT, K, V] are stored in the inputs' dtype: they are only ever read as matmul operands,
-which are cast to that dtype anyway (the running state itself stays float32).
+Tinv [B*H, NT, C, C] (zeros above the diagonal), states [B*H, NT, K, V] float32.
 """
 
 from __future__ import annotations
@@ -84,7 +82,7 @@ def _invert_diag_blocks(l0, l1, l2, l3, BS: tl.constexpr):
 @triton.jit
 def _store_block(base, x, I: tl.constexpr, J: tl.constexpr, BS: tl.constexpr, C: tl.constexpr):
     r = tl.arange(0, BS)
-    tl.store(base + (I * BS + r)[:, None] * C + (J * BS + r)[None, :], x.to(base.dtype.element_ty))
+    tl.store(base + (I * BS + r)[:, None] * C + (J * BS + r)[None, :], x)
 
 
 @triton.jit
@@ -295,7 +293,7 @@ def fwd_kernel(
         t0 = n * C
         if STORE_H:
             h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
-            tl.store(hs + h_offs, S.to(hs.dtype.element_ty), mask=s_mask)
+            tl.store(hs + h_offs, S, mask=s_mask)
         qc, kc = _load_qk(q, k, b, h, t0, T, H, DK, C, BK, L2NORM, EPS)
         vc = load_rows(v, b, h, t0, T, H, DV, c0, C, BV)
         bc = load_vec(beta, b, h, t0, T, H, C)
@@ -366,7 +364,7 @@ def bwd_state_kernel(
         n = NT - 1 - i
         t0 = n * C
         h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
-        tl.store(dhs + h_offs, dS.to(dhs.dtype.element_ty), mask=s_mask)
+        tl.store(dhs + h_offs, dS, mask=s_mask)
         qc, kc = _load_qk(q, k, b, h, t0, T, H, DK, C, BK, L2NORM, EPS)
         doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV)
         bc = load_vec(beta, b, h, t0, T, H, C)
