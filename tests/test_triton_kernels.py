@@ -253,7 +253,7 @@ def test_public_sliding_window_dispatches_to_triton():
 
 def test_custom_ops_pass_opcheck():
     """Schemas, fake (meta) functions, autograd registration and AOT tracing of the kernels'
-    custom ops, with and without the optional inputs."""
+    custom ops, with and without the optional inputs, and on rows with padded strides."""
     gen = torch.Generator().manual_seed(7)
     B, T, H, K, W = 1, 70, 2, 16, 8
     q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, K), gen=gen)
@@ -263,7 +263,10 @@ def test_custom_ops_pass_opcheck():
     pk, pv = _tensors((B, W - 1, H, K), (B, W - 1, H, K), gen=gen)
     lo = swa_mod._lowest_keys(B, T, W, None, torch.tensor([3], device=DEVICE), DEVICE)
     no_grad = [x.detach() for x in (q, k, v, beta)]
+    padded = torch.randn(B, T, H, 2 * K, generator=gen).to(DEVICE)[..., :K]  # strided rows
     cases = [
+        (chunk_mod.delta_rule_fwd, (padded, k, padded, beta, h0, seg, 0.25, True, True)),
+        (swa_mod.sliding_window_fwd, (padded, k, padded, pk, pv, lo, W, 0.25)),
         (chunk_mod.delta_rule_fwd, (q, k, v, beta, h0, seg, 0.25, True, True)),
         (chunk_mod.delta_rule_fwd, (*no_grad, None, None, 0.25, False, False)),
         (swa_mod.sliding_window_fwd, (q, k, v, pk, pv, lo, W, 0.25)),

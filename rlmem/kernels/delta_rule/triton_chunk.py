@@ -20,7 +20,7 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
     fwd_kernel,
     wy_inverse_kernel,
 )
-from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, dot_dtype
+from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, dense, dot_dtype
 
 SUB = 16  # rows of a diagonal block of the triangular inverse (tl.dot needs >= 16)
 CHUNK = 4 * SUB
@@ -148,6 +148,7 @@ def delta_rule_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(o, final state, Tinv, chunk states) of `_forward`; the states are [0] unless
     store_h (they, with Tinv, are what the backward reads)."""
+    q, k, v, beta, h0, seg = dense(q, k, v, beta, h0, seg)
     return _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h)
 
 
@@ -172,6 +173,7 @@ def delta_rule_bwd(
     need_dh0: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv, dbeta and dh0 ([0] unless need_dh0) of `_backward`."""
+    q, k, v, beta, seg, tinv, hs, do, dht = dense(q, k, v, beta, seg, tinv, hs, do, dht)
     dq, dk, dv, dbeta, dh0 = _backward(
         q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0
     )
@@ -209,9 +211,8 @@ def _delta_rule_backward(ctx, do, dht, _dtinv, _dhs):
         raise RuntimeError("rlmem::delta_rule_fwd ran with store_h=False: it has no backward")
     need_dh0 = ctx.has_h0 and ctx.needs_input_grad[4]
     dq, dk, dv, dbeta, dh0 = delta_rule_bwd(
-        q, k, v, beta, seg, tinv, hs, do.contiguous(),
-        None if dht is None else dht.contiguous(), ctx.scale, ctx.l2norm_qk, need_dh0,
-    )  # fmt: skip
+        q, k, v, beta, seg, tinv, hs, do, dht, ctx.scale, ctx.l2norm_qk, need_dh0
+    )
     return dq, dk, dv, dbeta, (dh0 if need_dh0 else None), None, None, None, None
 
 
@@ -245,13 +246,12 @@ def delta_rule_triton(
         in q, k, v, beta and initial_state, also through the final state.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    q, k, v, beta = (x.contiguous() for x in (q, k, v, beta))
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    h0 = None if initial_state is None else initial_state.float().contiguous()
+    h0 = None if initial_state is None else initial_state.float()
     seg = None
     if resets is not None:
-        seg = resets.to(torch.int32).cumsum(1, dtype=torch.int32).contiguous()
+        seg = resets.to(torch.int32).cumsum(1, dtype=torch.int32)
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, beta, h0)
     )

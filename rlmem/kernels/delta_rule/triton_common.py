@@ -24,6 +24,12 @@ def dot_dtype(dtype: torch.dtype) -> tl.dtype:
     return _DOT_DTYPES[dtype]
 
 
+def dense(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The tensors made contiguous (None stays None); called inside the custom ops, whose
+    kernels index dense rows: torch.compile may hand an op a tensor with padded strides."""
+    return [None if x is None else x.contiguous() for x in tensors]
+
+
 def block_dim(d: int) -> int:
     """Power-of-two tile width >= 16 (tl.dot's minimum) covering a head dim of d."""
     return max(16, triton.next_power_of_2(d))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from rlmem.kernels.delta_rule.triton_common import block_dim, dot_dtype
+from rlmem.kernels.delta_rule.triton_common import block_dim, dense, dot_dtype
 from rlmem.kernels.sliding_window.triton_kernels import (
     swa_bwd_delta_kernel,
     swa_bwd_dkdv_kernel,
@@ -50,7 +50,7 @@ def _lowest_keys(B, T, window, resets, prefix_len, device) -> torch.Tensor:
     start = start.expand(B, T)
     if resets is not None:
         start = torch.where(resets, pos, start).cummax(dim=1).values
-    return torch.maximum(pos - P, start).to(torch.int32).contiguous()
+    return torch.maximum(pos - P, start).to(torch.int32)
 
 
 def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
@@ -136,6 +136,7 @@ def sliding_window_fwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """o and the log-sum-exp of `_forward` (which the backward reads)."""
+    q, k, v, pk, pv, lo = dense(q, k, v, pk, pv, lo)
     return _forward(q, k, v, pk, pv, lo, window, scale)
 
 
@@ -159,6 +160,7 @@ def sliding_window_bwd(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv, dprefix_k, dprefix_v of `_backward` (the last two [0] without a prefix)."""
+    q, k, v, pk, pv, lo, o, lse, do = dense(q, k, v, pk, pv, lo, o, lse, do)
     dq, dk, dv, dpk, dpv = _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale)
     if pk is None:
         dpk, dpv = q.new_empty(0), v.new_empty(0)
@@ -182,7 +184,7 @@ def _sliding_window_setup_context(ctx, inputs, output):
 def _sliding_window_backward(ctx, do, _dlse):
     q, k, v, pk, pv, lo, o, lse = ctx.saved_tensors
     dq, dk, dv, dpk, dpv = sliding_window_bwd(
-        q, k, v, pk, pv, lo, o, lse, do.contiguous(), ctx.window, ctx.scale
+        q, k, v, pk, pv, lo, o, lse, do, ctx.window, ctx.scale
     )
     if not ctx.has_prefix:
         dpk = dpv = None
@@ -221,12 +223,10 @@ def sliding_window_attention_triton(
     """
     B, T, H, DK = q.shape
     scale = DK**-0.5 if scale is None else float(scale)
-    q, k, v = (x.contiguous() for x in (q, k, v))
     if window == 1 or prefix_k is None:
         prefix_k = prefix_v = prefix_len = None
     else:
-        prefix_k = prefix_k.to(k.dtype).contiguous()
-        prefix_v = prefix_v.to(v.dtype).contiguous()
+        prefix_k, prefix_v = prefix_k.to(k.dtype), prefix_v.to(v.dtype)
     lo = None  # no resets, no prefix lengths: the kernels bound keys by the window alone
     if resets is not None or prefix_len is not None:
         lo = _lowest_keys(B, T, window, resets, prefix_len, q.device)
