@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from agents.actors import ActorConfig, ActorFailure, ActorPool, SharedWeights, UnrollBuffers
-from agents.args import AgentArgs, arg, parse_args, parse_options
+from agents.args import AgentArgs
 from agents.checkpoint import (
     load_checkpoint,
     read_config,
@@ -55,6 +55,7 @@ from agents.policy import Agent
 from agents.ppo import check_names, print_summary, resolve_device
 from agents.vtrace import vtrace
 from envs import get_spec
+from rlmem.args import arg, explicit_fields, parse_args, parse_options
 
 
 @dataclass
@@ -589,13 +590,14 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, given = parse_args(
+    args = parse_args(
         Args,
         argv,
         prog="rlmem impala",
         description="Train a memory agent with IMPALA (V-trace): actor "
         "processes and a learner on the GPU when there is one.",
     )
+    given = explicit_fields(Args, argv)
     resume_state = None
     if args.resume:
         try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from agents.args import AgentArgs, arg, parse_args, parse_options
+from agents.args import AgentArgs
 from agents.checkpoint import (
     load_checkpoint,
     read_config,
@@ -51,6 +51,7 @@ from agents.metrics import EpisodeStats, Logger, Throughput, explained_variance,
 from agents.policy import ActOutput, Agent
 from agents.storage import RolloutStorage
 from envs import get_spec, make_vector_env
+from rlmem.args import arg, explicit_fields, parse_args, parse_options
 from rlmem.memory import cat_states, core_options, index_state
 
 
@@ -495,9 +496,10 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args, given = parse_args(
+    args = parse_args(
         Args, argv, prog="rlmem ppo", description="Train a memory agent with recurrent PPO."
     )
+    given = explicit_fields(Args, argv)
     resume_state = None
     if args.resume:
         config = read_config(args.resume)

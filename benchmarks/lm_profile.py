@@ -22,8 +22,8 @@ import torch
 from lm_throughput import SDPA, add_shape_args, build, describe, make_train_step, sync
 from torch.profiler import ProfilerActivity, profile
 
-from lm.args import parse_core_opts
 from lm.runtime import pick_device, pick_dtype
+from rlmem.args import parse_options
 
 # First matching pattern wins; kernel names are lower-cased before matching.
 CATEGORIES = [
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    extra = parse_core_opts(args.core_opt)
+    extra = parse_options(args.core_opt, "--core-opt")
     print(f"{describe(args, device, dtype)}, {args.steps} steps after {args.warmup}", flush=True)
     for core in args.cores:
         profile_core(core, args, device, dtype, extra)

@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lm.args import parse_core_opts
 from lm.model import LM, LMConfig
 from lm.runtime import autocast, peak_flops, pick_device, pick_dtype
+from rlmem.args import parse_options
 from rlmem.memory import core_options
 from rlmem.memory.attention import AttentionMixer, TransformerCore
 from rlmem.memory.layers import apply_rope, rope_tables
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    extra = parse_core_opts(args.core_opt)
+    extra = parse_options(args.core_opt, "--core-opt")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"{describe(args, device, dtype)}, {args.steps} timed steps after {args.warmup}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from lm.args import parse_args
+from rlmem.args import parse_args
 from rlmem.cli import run_command
 
 COMMANDS = {

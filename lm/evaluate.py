@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm.args import parse_args
 from lm.data import TokenSplit, prepare
 from lm.generate import load_run
 from lm.runtime import autocast, pick_device, pick_dtype
 from lm.train import to_batch
+from rlmem.args import parse_args
 from rlmem.io import atomic_write_text
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from lm.args import parse_args
 from lm.model import LM, LMConfig
 from lm.runtime import autocast, pick_device, pick_dtype
 from lm.tokenizer import Tokenizer, load_tokenizer
+from rlmem.args import parse_args
 
 
 @dataclass

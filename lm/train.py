@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm.args import parse_args, parse_core_opts
 from lm.data import TokenSplit, load_data_tokenizer, prepare
 from lm.model import LM, LMConfig
 from lm.runtime import (
@@ -43,6 +42,7 @@ from lm.runtime import (
     progress,
     summary_writer,
 )
+from rlmem.args import parse_args, parse_options
 from rlmem.io import atomic_torch_save, atomic_write_text
 from rlmem.memory import core_options
 
@@ -174,7 +174,7 @@ def val_metrics(loss: float, split: TokenSplit) -> dict[str, float]:
 
 def model_config(cfg: TrainConfig, vocab_size: int) -> LMConfig:
     """The model of a run; a full-attention core's `max_len` defaults to the training context."""
-    core_opts = parse_core_opts(cfg.core_opt)
+    core_opts = parse_options(cfg.core_opt, "--core-opt")
     if "max_len" in core_options(cfg.core) and "max_len" not in core_opts:
         core_opts["max_len"] = cfg.seq_len
     return LMConfig(

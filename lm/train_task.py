@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lm.args import parse_args, parse_core_opts
 from lm.model import IGNORE_INDEX, LM, LMConfig
 from lm.runtime import (
     autocast,
@@ -37,6 +36,7 @@ from lm.runtime import (
     summary_writer,
 )
 from lm.tasks import TASKS, Task, make_task, normalised_accuracy
+from rlmem.args import parse_args, parse_options
 from rlmem.io import atomic_write_text
 from rlmem.memory import core_options
 
@@ -158,7 +158,7 @@ def resolved_core_opts(cfg: TaskConfig) -> dict:
         opts = {k: v for k, v in PAPER_CORE_OPTS.items() if k in accepted}
     if "max_len" in accepted:
         opts["max_len"] = max(cfg.test_max_len, accepted["max_len"])
-    return {**opts, **parse_core_opts(cfg.core_opt)}
+    return {**opts, **parse_options(cfg.core_opt, "--core-opt")}
 
 
 def reinit_(model: LM, std: float) -> None:
