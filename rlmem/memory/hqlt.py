@@ -30,7 +30,7 @@ from rlmem.kernels import (
     linear_attention_step,
 )
 from rlmem.kernels._dispatch import eager_under_compile
-from rlmem.kernels.delta_rule.reference import l2norm
+from rlmem.kernels.delta_rule.reference import l2norm, read_state
 from rlmem.memory.attention import kv_attend, kv_initial_state, kv_push, sliding_window_attention
 from rlmem.memory.base import MemoryCore, Mixer, positions, segment_ids
 from rlmem.memory.fastweight import elu_feature
@@ -259,7 +259,7 @@ class HQLTMixer(Mixer):
     def _chunk_step(self, q, k, v, beta, fw, kv):
         """Read the chunk-start state; when this token completes the chunk, write it all."""
         scale = self.head_dim**-0.5
-        o_fw = scale * torch.einsum("bhkv,bhk->bhv", fw, l2norm(F.silu(q).float()))
+        o_fw = scale * read_state(fw, l2norm(F.silu(q).float()))
         complete = kv["n"] == self.chunk - 1
         if bool(complete.any()):
             k_chunk = torch.cat([kv["k_raw"], k[:, None].float()], 1)

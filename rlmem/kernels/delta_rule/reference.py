@@ -49,10 +49,16 @@ def delta_rule_step_reference(q, k, v, beta, state, scale=None, l2norm_qk=True):
     if scale is None:
         scale = q.shape[-1] ** -0.5
     state = state.float()
-    delta = beta[..., None] * (v - torch.einsum("bhkv,bhk->bhv", state, k))
+    delta = beta[..., None] * (v - read_state(state, k))
     state = state + k[..., :, None] * delta[..., None, :]
-    o = scale * torch.einsum("bhkv,bhk->bhv", state, q)
+    o = scale * read_state(state, q)
     return o.to(out_dtype), state
+
+
+def read_state(state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """state^T x per row and head: state [B, H, K, V], x [B, H, K] -> [B, H, V]. One batched
+    matrix-vector product (einsum's route here is several times slower on CPU)."""
+    return torch.matmul(x[..., None, :], state)[..., 0, :]
 
 
 def delta_rule_recurrent(
@@ -200,6 +206,6 @@ def delta_rule_recurrent_delayed_read(
         S = S * keep
         at_boundary = read_boundaries[:, t, None, None, None]
         saved = torch.where(at_boundary, S, saved * keep)
-        outs.append(scale * torch.einsum("bhkv,bhk->bhv", saved, q[:, t]))
+        outs.append(scale * read_state(saved, q[:, t]))
         _, S = delta_rule_step_reference(q[:, t], k[:, t], v[:, t], beta[:, t], S, scale, False)
     return torch.stack(outs, dim=1).to(out_dtype), S

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlmem.kernels.delta_rule.reference import read_state
+
 EPS = 1e-6
 
 
@@ -67,5 +69,5 @@ def linear_attention_step_reference(q, k, v, state):
     """q, k [B, H, K], v [B, H, V], state [B, H, K, V + 1] -> (o [B, H, V], new state)."""
     v1 = torch.cat([v.float(), torch.ones_like(v[..., :1], dtype=torch.float32)], -1)
     state = state.float() + k.float()[..., :, None] * v1[..., None, :]
-    o = torch.einsum("bhkv,bhk->bhv", state, q.float())
+    o = read_state(state, q.float())
     return (o[..., :-1] / (o[..., -1:] + EPS)).to(v.dtype), state
