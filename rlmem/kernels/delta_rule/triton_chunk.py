@@ -1,4 +1,4 @@
-"""Chunked delta rule in Triton: host functions and the autograd wrapper.
+"""Chunked delta rule in Triton: host functions and the custom ops with their backward.
 
 Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence).
 Backward: `bwd_state_kernel` (reverse recurrence of dS) then `bwd_chunk_kernel` (chunks in
@@ -59,7 +59,7 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
 def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     """q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] contiguous; h0 [B, H, K, V] float32
     or None; seg int32 [B, T] or None. Returns o, the final state, Tinv and the chunk states
-    (None unless store_h)."""
+    ([0] unless store_h)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = triton.cdiv(T, CHUNK)
@@ -199,15 +199,15 @@ def _delta_rule_bwd_fake(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk
 
 
 def _delta_rule_setup_context(ctx, inputs, output):
-    q, k, v, beta, h0, seg, scale, l2norm_qk, _store_h = inputs
+    q, k, v, beta, h0, seg, scale, l2norm_qk, store_h = inputs
     _o, _ht, tinv, hs = output
     ctx.save_for_backward(q, k, v, beta, seg, tinv, hs)
-    ctx.scale, ctx.l2norm_qk, ctx.has_h0 = scale, l2norm_qk, h0 is not None
+    ctx.scale, ctx.l2norm_qk, ctx.has_h0, ctx.store_h = scale, l2norm_qk, h0 is not None, store_h
 
 
 def _delta_rule_backward(ctx, do, dht, _dtinv, _dhs):
     q, k, v, beta, seg, tinv, hs = ctx.saved_tensors
-    if hs.numel() == 0:
+    if not ctx.store_h:
         raise RuntimeError("rlmem::delta_rule_fwd ran with store_h=False: it has no backward")
     need_dh0 = ctx.has_h0 and ctx.needs_input_grad[4]
     dq, dk, dv, dbeta, dh0 = delta_rule_bwd(
