@@ -126,6 +126,7 @@ def _decode(q, k, v, prefix_k, prefix_v, prefix_len, resets, scale):
     copied (about 5x faster on CPU than concatenating them and using einsum)."""
     P = prefix_k.shape[1]
     q0 = q[:, 0].float()  # [B, H, K]
+    # The buffers rounded to the inputs' dtype first, as the parallel path sees them.
     k_in, v_in = prefix_k.to(k.dtype).float(), prefix_v.to(v.dtype).float()  # [B, P, H, *]
     s_prefix = (k_in * q0[:, None]).sum(-1).transpose(1, 2)  # [B, H, P]
     s_self = (q0 * k[:, 0].float()).sum(-1, keepdim=True)  # [B, H, 1]
