@@ -59,19 +59,26 @@ def _l_block(
 def _invert_diag_blocks(l0, l1, l2, l3, BS: tl.constexpr):
     """(I + L_ii)^-1 of four strictly lower [BS, BS] blocks, by forward substitution: row i
     is e_i - sum_j L_ij T_j over the finished rows j < i (rows below i are still e_j, which
-    L_ij = 0 leaves out)."""
+    L_ij = 0 leaves out). Row i of L is read as column i of L^T, transposed once up front:
+    a reduction over L's columns would give a vector in the layout of T's columns, and each of
+    the 60 steps would convert it (through shared memory) to the layout of T's rows."""
     r = tl.arange(0, BS)
     eye = (r[:, None] == r[None, :]).to(tl.float32)
+    l0 = tl.trans(l0)
+    l1 = tl.trans(l1)
+    l2 = tl.trans(l2)
+    l3 = tl.trans(l3)
     t0 = eye
     t1 = eye
     t2 = eye
     t3 = eye
     for i in tl.static_range(1, BS):
         sel = r[:, None] == i
-        a0 = tl.sum(tl.where(sel, l0, 0.0), axis=0)
-        a1 = tl.sum(tl.where(sel, l1, 0.0), axis=0)
-        a2 = tl.sum(tl.where(sel, l2, 0.0), axis=0)
-        a3 = tl.sum(tl.where(sel, l3, 0.0), axis=0)
+        col = r[None, :] == i
+        a0 = tl.sum(tl.where(col, l0, 0.0), axis=1)
+        a1 = tl.sum(tl.where(col, l1, 0.0), axis=1)
+        a2 = tl.sum(tl.where(col, l2, 0.0), axis=1)
+        a3 = tl.sum(tl.where(col, l3, 0.0), axis=1)
         t0 = tl.where(sel, eye - tl.sum(a0[:, None] * t0, axis=0)[None, :], t0)
         t1 = tl.where(sel, eye - tl.sum(a1[:, None] * t1, axis=0)[None, :], t1)
         t2 = tl.where(sel, eye - tl.sum(a2[:, None] * t2, axis=0)[None, :], t2)
