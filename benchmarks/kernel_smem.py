@@ -8,6 +8,7 @@ L2 norm, initial/final states, KV prefix) all on and all off.
 
     python benchmarks/kernel_smem.py                       # fp32/bf16/fp16 x 7 head-dim pairs
     python benchmarks/kernel_smem.py --dtypes fp32 --dims 128x128 96x32
+    python benchmarks/kernel_smem.py --ptx --dtypes bf16 --dims 64x64   # PTX counts instead
 
 Prints a markdown table of bytes per block and exits 1 if a cell exceeds the limit (H100/H200:
 232448 bytes).
@@ -16,6 +17,7 @@ Prints a markdown table of bytes per block and exits 1 if a cell exceeds the lim
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -29,17 +31,22 @@ KERNELS = ["wy_inverse", "fwd", "bwd_state", "bwd_chunk",
            "step", "swa_fwd", "swa_dkdv", "swa_dq"]  # fmt: skip
 _ROW_PTRS = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "pk", "pv", "dpk", "dpv", "beta")
 _INTS = ("T", "NT", "P", "W")
+PTX_COUNTS = {
+    "barriers": r"\bbar\.sync|\bbarrier\.sync",
+    "st.shared": r"\bst\.shared",
+    "ld.shared": r"\bld\.shared",
+    "wgmma": r"\bwgmma\.mma_async",
+    "mma": r"\bmma\.sync",
+}
 
 
-def shared_bytes(fn, constexprs: dict, ptr_types: dict, num_warps: int, num_stages: int,
-                 capability: int = 90) -> int:  # fmt: skip
-    """Bytes of shared memory of the @triton.jit `fn` compiled for sm_<capability>.
+def kernel_source(fn, constexprs: dict, ptr_types: dict):
+    """The ASTSource of the @triton.jit `fn` with this specialisation.
 
     constexprs: values of fn's constexpr parameters; ptr_types: Triton type of each pointer
     parameter by name ("*bf16", ...; default "*fp32"). Other parameters named in _INTS are
     i32, the rest fp32 scalars. Pointers and ints are marked 16-divisible, as a launch with
     aligned tensors specialises them."""
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     names = fn.arg_names
@@ -55,13 +62,34 @@ def shared_bytes(fn, constexprs: dict, ptr_types: dict, num_warps: int, num_stag
             sig[n] = ptr_types.get(n, "*fp32")
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if sig[n].startswith("*") or sig[n] == "i32"}  # fmt: skip
-    src = ASTSource(fn, sig, constexprs, attrs)
+    return ASTSource(fn, sig, constexprs, attrs)
+
+
+def shared_bytes(fn, constexprs: dict, ptr_types: dict, num_warps: int, num_stages: int,
+                 capability: int = 90) -> int:  # fmt: skip
+    """Bytes of shared memory of `fn` (see `kernel_source`) compiled for sm_<capability>."""
+    from triton.backends.compiler import GPUTarget
+
+    src = kernel_source(fn, constexprs, ptr_types)
     target = GPUTarget("cuda", capability, 32)
     options = dict(num_warps=num_warps, num_stages=num_stages)
     try:
         return _shared_after_allocation(src, target, options)
     except (AttributeError, ImportError, TypeError):  # internals moved: full compile (slow)
         return triton.compile(src, target=target, options=options).metadata.shared
+
+
+def ptx_counts(fn, constexprs: dict, ptr_types: dict, num_warps: int, num_stages: int,
+               capability: int = 90) -> dict[str, int]:  # fmt: skip
+    """How often each pattern of PTX_COUNTS occurs in the PTX of `fn` (a full compile, ptxas
+    included, still without a GPU): barriers and shared-memory traffic point at layout
+    conversions inside loops, the usual cost of a latency-bound kernel."""
+    from triton.backends.compiler import GPUTarget
+
+    src = kernel_source(fn, constexprs, ptr_types)
+    options = dict(num_warps=num_warps, num_stages=num_stages)
+    ptx = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options).asm["ptx"]
+    return {name: len(re.findall(pattern, ptx)) for name, pattern in PTX_COUNTS.items()}
 
 
 def _shared_after_allocation(src, target, opts) -> int:
@@ -101,6 +129,12 @@ def _split(cfg: dict) -> tuple[dict, int, int]:
 
 def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) -> int:
     """Shared bytes of kernel `name` (one of KERNELS) at the host code's settings."""
+    return shared_bytes(*kernel_build(name, dtype, DK, DV, flags))
+
+
+def kernel_build(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) -> tuple:
+    """(fn, constexprs, pointer types, num_warps, num_stages) of kernel `name` (one of KERNELS)
+    at the host code's settings, feature flags all on or all off."""
     from rlmem.kernels.delta_rule import triton_chunk, triton_chunk_kernels, triton_step
     from rlmem.kernels.delta_rule.triton_common import EPS, dot_dtype
     from rlmem.kernels.sliding_window import triton as swa
@@ -112,13 +146,13 @@ def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) ->
     if name == "step":
         cfg, nw, ns = _split(triton_step.launch_config(dtype, DK, DV))
         consts = dict(DK=DK, DV=DV, L2NORM=flags, EPS=EPS, **cfg)
-        return shared_bytes(triton_step.step_kernel, consts, ptrs, nw, ns)
+        return triton_step.step_kernel, consts, ptrs, nw, ns
     if name.startswith("swa_"):
         cfg, nw, ns = _split(swa.launch_config(dtype, DK, DV))
         fn = {"swa_fwd": swa_kernels.swa_fwd_kernel, "swa_dkdv": swa_kernels.swa_bwd_dkdv_kernel,
               "swa_dq": swa_kernels.swa_bwd_dq_kernel}[name]  # fmt: skip
         consts = dict(H=4, DK=DK, DV=DV, HAS_PREFIX=flags, HAS_LO=flags, DOT_DT=dot, **cfg)
-        return shared_bytes(fn, consts, ptrs, nw, ns)
+        return fn, consts, ptrs, nw, ns
     cfg, nw, ns = _split(triton_chunk.launch_config(dtype, DK, DV)[name])
     fn = getattr(triton_chunk_kernels, f"{name}_kernel")
     states = dict(HAS_H0=flags, STORE_H=flags, HAS_DHT=flags, STORE_DH0=flags)
@@ -126,7 +160,7 @@ def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) ->
     consts = dict(H=4, DK=DK, DV=DV, C=triton_chunk.CHUNK, L2NORM=flags, HAS_RESETS=flags,
                   SPLIT_V=split_v, DOT_DT=dot, EPS=EPS, **states, **cfg)  # fmt: skip
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
-    return shared_bytes(fn, consts, ptrs, nw, ns)
+    return fn, consts, ptrs, nw, ns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dims", nargs="*", default=DEFAULT_DIMS, help="KxV head dims")
     parser.add_argument("--kernels", nargs="*", default=KERNELS, choices=KERNELS)
     parser.add_argument("--limit", type=int, default=HOPPER_LIMIT, help="bytes per block")
+    parser.add_argument("--ptx", action="store_true",
+                        help="instead: PTX counts per kernel (barriers, shared loads/stores, "
+                        "matmul instructions), feature flags off / on")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.ptx:
+        return print_ptx_counts(args)
     print(f"triton {triton.__version__}, target sm_90, limit {args.limit} bytes; "
           "cells: bytes per block (max over flags all on / all off)")  # fmt: skip
     print("| dtype | K x V | " + " | ".join(args.kernels) + " |")
@@ -153,6 +192,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {dt} | {DK}x{DV} | " + " | ".join(cells) + " |", flush=True)
     print(f"over the limit: {over or 'none'} ({time.time() - t0:.0f} s)")
     return 1 if over else 0
+
+
+def print_ptx_counts(args: argparse.Namespace) -> int:
+    """A markdown table of `ptx_counts` per kernel, dtype and head dims: "off / on" cells."""
+    print(f"triton {triton.__version__}, target sm_90; cells: feature flags off / on")
+    print("| kernel | dtype | K x V | " + " | ".join(PTX_COUNTS) + " |")
+    print("|---|---|---|" + "---|" * len(PTX_COUNTS))
+    for name in args.kernels:
+        for dt in args.dtypes:
+            for dims in args.dims:
+                DK, DV = (int(x) for x in dims.lower().split("x"))
+                builds = (kernel_build(name, DTYPES[dt], DK, DV, f) for f in (False, True))
+                off, on = (ptx_counts(*build) for build in builds)
+                cells = " | ".join(f"{off[k]} / {on[k]}" for k in PTX_COUNTS)
+                print(f"| {name} | {dt} | {DK}x{DV} | {cells} |", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
