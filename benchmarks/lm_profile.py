@@ -19,11 +19,16 @@ import time
 from collections import defaultdict
 
 import torch
-from lm_throughput import SDPA, add_shape_args, build, describe, make_train_step, sync
+from lm_throughput import (
+    SDPA,
+    add_shape_args,
+    build,
+    describe,
+    make_train_step,
+    runtime_settings,
+    sync,
+)
 from torch.profiler import ProfilerActivity, profile
-
-from lm.runtime import pick_device, pick_dtype
-from rlmem.args import parse_options
 
 # First matching pattern wins; kernel names are lower-cased before matching.
 CATEGORIES = [
@@ -116,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--trace", default=None, help="folder for Chrome traces, one per core")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    extra = parse_options(args.core_opt, "--core-opt")
+    device, dtype, extra = runtime_settings(args)
     print(f"{describe(args, device, dtype)}, {args.steps} steps after {args.warmup}", flush=True)
     for core in args.cores:
         profile_core(core, args, device, dtype, extra)

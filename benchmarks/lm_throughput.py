@@ -164,11 +164,21 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto")
 
 
+def runtime_settings(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, dict]:
+    """(device, compute dtype, extra core options) from the flags of `add_shape_args`."""
+    device = pick_device(args.device)
+    return device, pick_dtype(args.dtype, device), parse_options(args.core_opt, "--core-opt")
+
+
+def card_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def describe(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> str:
     """One line: card, dtype and shape."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return (
-        f"{name}, {str(dtype).removeprefix('torch.')}, B={args.batch_size} T={args.seq_len} "
+        f"{card_name(device)}, {str(dtype).removeprefix('torch.')}, "
+        f"B={args.batch_size} T={args.seq_len} "
         f"D={args.d_model} L={args.n_layers} H={args.n_heads} V={args.vocab_size}, "
         f"compile={args.compile}"
     )
@@ -183,10 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-    extra = parse_options(args.core_opt, "--core-opt")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    device, dtype, extra = runtime_settings(args)
     print(
         f"{describe(args, device, dtype)}, {args.steps} timed steps after {args.warmup}",
         flush=True,
@@ -218,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "args": vars(args), "results": rows}, f, indent=1)
+            record = {"device": card_name(device), "args": vars(args), "results": rows}
+            json.dump(record, f, indent=1)
     return 0
 
 
