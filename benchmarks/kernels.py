@@ -3,6 +3,7 @@
 
     python benchmarks/kernels.py check   # realistic sizes: bf16 vs fp32 reference, fp32, fla
     python benchmarks/kernels.py bench   # do_bench medians vs fla / flex_attention
+    python benchmarks/kernels.py profile # device time per kernel of the LM-shape fwd+bwd
 
 `check` prints one line per comparison (relative RMS error and the bound) and exits 1 on a
 failure; `bench` prints a table of medians (ms) with the ratio peer / ours (> 1: we win).
@@ -346,6 +347,62 @@ def run_bench(only: list[str]) -> int:
     return 0
 
 
+PROFILE_SHAPES = [(8, 2048, 16, 64), (2, 8192, 16, 64)]  # B, T, H, D: the LM runs' layers
+
+
+def _profile_cases(B, T, H, D):
+    """name -> (op, leaves) of the profiled fwd+bwd runs at one shape, bf16."""
+    q, k, v, beta, _, _ = _delta_inputs(B, T, H, D, D, torch.bfloat16, h0=False)
+    leaves = [x.requires_grad_() for x in (q, k, v, beta)]
+    shape = f"B{B} T{T} H{H} D{D}"
+
+    def delta(l2norm_qk):
+        return lambda: delta_rule_triton(
+            q, k, v, beta, initial_state=None, resets=None, scale=None, l2norm_qk=l2norm_qk,
+            output_final_state=False,
+        )  # fmt: skip
+
+    def swa():
+        return sliding_window_attention_triton(
+            q, k, v, window=64, resets=None, prefix_k=None, prefix_v=None, prefix_len=None,
+            scale=None,
+        )  # fmt: skip
+
+    return {
+        f"delta_rule {shape}": (delta(True), leaves),
+        f"delta_rule without L2 norms {shape}": (delta(False), leaves),
+        f"sliding_window W64 {shape}": (swa, leaves[:3]),
+    }
+
+
+def run_profile(reps: int = 20) -> int:
+    """Device time per kernel (torch.profiler, mean over `reps` calls) of the delta rule's and
+    the sliding window's fwd+bwd at the LM throughput runs' per-layer shapes, bf16, and of the
+    delta rule without the in-kernel L2 norms (what normalising q, k costs the kernels)."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    for shape in PROFILE_SHAPES:
+        for name, (op, leaves) in _profile_cases(*shape).items():
+            run = fwd_bwd(op, leaves)
+            for _ in range(3):
+                run()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps):
+                    run()
+                torch.cuda.synchronize()
+            times: dict[str, float] = defaultdict(float)
+            for evt in prof.events():
+                if evt.device_type == torch.autograd.DeviceType.CUDA:
+                    times[evt.name] += evt.device_time / reps
+            print(f"\n{name}: {sum(times.values()) / 1e3:.3f} ms device time per fwd+bwd")
+            for kname, us in sorted(times.items(), key=lambda kv: -kv[1])[:8]:
+                print(f"  {us / 1e3:8.3f} ms  {kname[:70]}")
+    return 0
+
+
 def run_smoke() -> int:
     """Small bf16 and fp32 cases of every op with every option (for compute-sanitizer)."""
     for dtype in (torch.bfloat16, torch.float32):
@@ -368,7 +425,7 @@ def run_smoke() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=["check", "bench", "smoke"])
+    parser.add_argument("what", choices=["check", "bench", "profile", "smoke"])
     parser.add_argument("--only", nargs="*", default=[], choices=list(SECTIONS),
                         help="bench sections to run (default: all)")  # fmt: skip
     parser.add_argument(
@@ -386,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.what == "bench":
         return run_bench(args.only)
+    if args.what == "profile":
+        return run_profile()
     return run_checks(args.case, args.isolate) if args.what == "check" else run_smoke()
 
 

@@ -135,6 +135,28 @@ def test_delta_rule_gradient_stops_at_reset_and_no_grad_path():
     assert torch.equal(o, o2)
 
 
+def test_delta_rule_gradient_through_final_state_alone():
+    """A loss on the final state only: the op's backward gets no output gradient (it does not
+    ask autograd to zero-fill unused ones) and must still give every input's gradient."""
+    gen = torch.Generator().manual_seed(4)
+    B, T, H, K = 1, 70, 1, 16
+    q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, K), gen=gen)
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_()
+    h0 = _tensors((B, H, K, K), gen=gen)[0]
+    inputs = (q, k, v, beta, h0)
+    _, ht = delta_rule_triton(
+        q, k, v, beta, initial_state=h0, resets=None, scale=None, l2norm_qk=True,
+        output_final_state=True,
+    )  # fmt: skip
+    _, ht_ref = delta_rule_recurrent(q, k, v, beta, h0, None, None, True)
+    dht = torch.randn(ht.shape, generator=gen).to(DEVICE)
+    grads = torch.autograd.grad((ht * dht).sum(), inputs)
+    grads_ref = torch.autograd.grad((ht_ref * dht).sum(), inputs[1:])  # q: no path to ht
+    assert torch.all(grads[0] == 0), "dq of a loss on the final state alone"
+    for name, g, g_ref in zip(["dk", "dv", "dbeta", "dh0"], grads[1:], grads_ref):
+        assert_close(f"final-state loss {name}", g, g_ref, 1e-4)
+
+
 def test_public_delta_rule_dispatches_to_triton():
     from rlmem.kernels.delta_rule import delta_rule
 

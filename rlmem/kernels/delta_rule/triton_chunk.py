@@ -47,7 +47,7 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     wide_fp32 = dtype == torch.float32 and BK > 64
     recurrence = dict(BK=BK, BV=_v_block(DV), num_warps=4, num_stages=2 if wide_fp32 else 3)
     return {
-        "wy_inverse": dict(BK=BK, BS=SUB, num_warps=4, num_stages=3),
+        "wy_inverse": dict(BK=BK, BV=block_dim(DV), BS=SUB, num_warps=4, num_stages=3),
         "fwd": recurrence,
         "bwd_state": dict(recurrence),
         "bwd_chunk": dict(
@@ -58,8 +58,9 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
 
 def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     """q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] contiguous; h0 [B, H, K, V] float32
-    or None; seg int32 [B, T] or None. Returns o, the final state, Tinv and the chunk states
-    ([0] unless store_h)."""
+    or None; seg int32 [B, T] or None. Returns o, the final state and what the backward reads:
+    Tinv, the chunk states ([0] unless store_h), W and the normalised q, k ([0] unless
+    l2norm_qk)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = triton.cdiv(T, CHUNK)
@@ -67,39 +68,47 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
     seg_arg = seg if has_resets else q
-    o, ht, tinv, hs = _forward_outputs(q, v, store_h)
+    o, ht, tinv, hs, w, qn, kn = _forward_outputs(q, v, store_h, l2norm_qk)
+    u0 = torch.empty_like(v)
+    qr, kr = (qn, kn) if l2norm_qk else (q, k)  # what the recurrence reads
     wy_inverse_kernel[(NT, B * H)](
-        k, beta, seg_arg, tinv, T, NT,
-        H=H, DK=DK, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt, EPS=EPS,
+        q, k, v, beta, seg_arg, tinv, w, u0, qr, kr, T, NT,
+        H=H, DK=DK, DV=DV, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt, EPS=EPS,
         **cfg["wy_inverse"],
     )  # fmt: skip
     fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), B * H)](
-        q, k, v, beta, seg_arg, tinv, h0 if h0 is not None else ht, o, hs if store_h else o, ht,
+        qr, kr, w, u0, seg_arg, h0 if h0 is not None else ht, o, hs if store_h else o, ht,
         T, NT, scale,
-        H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
-        HAS_H0=h0 is not None, STORE_H=store_h, DOT_DT=dot_dt, EPS=EPS, **cfg["fwd"],
+        H=H, DK=DK, DV=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_H0=h0 is not None,
+        STORE_H=store_h, DOT_DT=dot_dt, **cfg["fwd"],
     )  # fmt: skip
-    return o, ht, tinv, hs
+    return o, ht, tinv, hs, w, qn, kn
 
 
-def _forward_outputs(q, v, store_h):
-    """Empty o [B, T, H, V], final state [B, H, K, V], Tinv [B*H, NT, C, C] and chunk states
-    [B*H, NT, K, V] (or [0] unless store_h), float32 but o; for the kernels and the fake op."""
+def _forward_outputs(q, v, store_h, l2norm_qk):
+    """Empty o [B, T, H, V], final state [B, H, K, V], Tinv [B*H, NT, C, C], chunk states
+    [B*H, NT, K, V] ([0] unless store_h), W [B, T, H, K], qn, kn [B, T, H, K] ([0] unless
+    l2norm_qk); states and Tinv float32, the rest in the input dtype. For the kernels and the
+    fake op."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = (T + CHUNK - 1) // CHUNK
     f32 = dict(device=q.device, dtype=torch.float32)
-    hs = torch.empty(B * H, NT, DK, DV, **f32) if store_h else torch.empty(0, **f32)
+    empty = lambda: torch.empty(0, **f32)  # noqa: E731  (outputs must not alias each other)
     return (
         torch.empty_like(v),
         torch.empty(B, H, DK, DV, **f32),
         torch.empty(B * H, NT, CHUNK, CHUNK, **f32),
-        hs,
+        torch.empty(B * H, NT, DK, DV, **f32) if store_h else empty(),
+        torch.empty_like(q),
+        torch.empty_like(q) if l2norm_qk else empty(),
+        torch.empty_like(q) if l2norm_qk else empty(),
     )
 
 
-def _backward(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0):
-    """Gradients for q, k, v, beta and (if need_dh0) the initial state."""
+def _backward(q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk, need_dh0):
+    """Gradients for q, k, v, beta and (if need_dh0) the initial state; tinv, hs, w, qn, kn as
+    `_forward` returned them."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = triton.cdiv(T, CHUNK)
@@ -110,11 +119,10 @@ def _backward(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0)
     dhs = torch.empty_like(hs)
     dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if need_dh0 else None
     bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), B * H)](
-        q, k, beta, seg_arg, tinv, do, dht if dht is not None else hs, dhs,
-        dh0 if need_dh0 else hs, T, NT, scale,
-        H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
-        HAS_DHT=dht is not None, STORE_DH0=need_dh0, DOT_DT=dot_dt, EPS=EPS,
-        **cfg["bwd_state"],
+        qn if l2norm_qk else q, kn if l2norm_qk else k, w, seg_arg, do,
+        dht if dht is not None else hs, dhs, dh0 if need_dh0 else hs, T, NT, scale,
+        H=H, DK=DK, DV=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=dht is not None,
+        STORE_DH0=need_dh0, DOT_DT=dot_dt, **cfg["bwd_state"],
     )  # fmt: skip
     dv = torch.empty_like(v)
     NV = triton.cdiv(DV, cfg["bwd_chunk"]["BV"])
@@ -145,16 +153,18 @@ def delta_rule_fwd(
     scale: float,
     l2norm_qk: bool,
     store_h: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(o, final state, Tinv, chunk states) of `_forward`; the states are [0] unless
-    store_h (they, with Tinv, are what the backward reads)."""
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """(o, final state, Tinv, chunk states, W, qn, kn) of `_forward`: all after the final
+    state are what the backward reads (the states [0] unless store_h)."""
     q, k, v, beta, h0, seg = dense(q, k, v, beta, h0, seg)
     return _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h)
 
 
 @delta_rule_fwd.register_fake
 def _delta_rule_fwd_fake(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
-    return _forward_outputs(q, v, store_h)
+    return _forward_outputs(q, v, store_h, l2norm_qk)
 
 
 @torch.library.custom_op("rlmem::delta_rule_bwd", mutates_args=())
@@ -166,6 +176,9 @@ def delta_rule_bwd(
     seg: torch.Tensor | None,
     tinv: torch.Tensor,
     hs: torch.Tensor,
+    w: torch.Tensor,
+    qn: torch.Tensor,
+    kn: torch.Tensor,
     do: torch.Tensor,
     dht: torch.Tensor | None,
     scale: float,
@@ -173,10 +186,8 @@ def delta_rule_bwd(
     need_dh0: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv, dbeta and dh0 ([0] unless need_dh0) of `_backward`."""
-    q, k, v, beta, seg, tinv, hs, do, dht = dense(q, k, v, beta, seg, tinv, hs, do, dht)
-    dq, dk, dv, dbeta, dh0 = _backward(
-        q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0
-    )
+    saved = dense(q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht)
+    dq, dk, dv, dbeta, dh0 = _backward(*saved, scale, l2norm_qk, need_dh0)
     return dq, dk, dv, dbeta, dh0 if need_dh0 else _no_dh0(q)
 
 
@@ -185,7 +196,9 @@ def _no_dh0(q: torch.Tensor) -> torch.Tensor:
 
 
 @delta_rule_bwd.register_fake
-def _delta_rule_bwd_fake(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk, need_dh0):
+def _delta_rule_bwd_fake(
+    q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk, need_dh0
+):
     B, H, DK, DV = q.shape[0], q.shape[2], q.shape[3], v.shape[3]
     f32 = dict(device=q.device, dtype=torch.float32)
     dh0 = torch.empty(B, H, DK, DV, **f32) if need_dh0 else _no_dh0(q)
@@ -200,19 +213,21 @@ def _delta_rule_bwd_fake(q, k, v, beta, seg, tinv, hs, do, dht, scale, l2norm_qk
 
 def _delta_rule_setup_context(ctx, inputs, output):
     q, k, v, beta, h0, seg, scale, l2norm_qk, store_h = inputs
-    _o, _ht, tinv, hs = output
-    ctx.save_for_backward(q, k, v, beta, seg, tinv, hs)
+    _o, _ht, tinv, hs, w, qn, kn = output
+    ctx.save_for_backward(q, k, v, beta, seg, tinv, hs, w, qn, kn)
     ctx.scale, ctx.l2norm_qk, ctx.has_h0, ctx.store_h = scale, l2norm_qk, h0 is not None, store_h
+    # Only o and the final state carry gradients: no zero-filled ones for the saved outputs.
+    ctx.set_materialize_grads(False)
 
 
-def _delta_rule_backward(ctx, do, dht, _dtinv, _dhs):
-    q, k, v, beta, seg, tinv, hs = ctx.saved_tensors
+def _delta_rule_backward(ctx, do, dht, *_saved_outputs):
+    saved = ctx.saved_tensors
     if not ctx.store_h:
         raise RuntimeError("rlmem::delta_rule_fwd ran with store_h=False: it has no backward")
     need_dh0 = ctx.has_h0 and ctx.needs_input_grad[4]
-    dq, dk, dv, dbeta, dh0 = delta_rule_bwd(
-        q, k, v, beta, seg, tinv, hs, do, dht, ctx.scale, ctx.l2norm_qk, need_dh0
-    )
+    if do is None:  # only the final state was used
+        do = torch.zeros_like(saved[2])
+    dq, dk, dv, dbeta, dh0 = delta_rule_bwd(*saved, do, dht, ctx.scale, ctx.l2norm_qk, need_dh0)
     return dq, dk, dv, dbeta, (dh0 if need_dh0 else None), None, None, None, None
 
 
@@ -255,5 +270,5 @@ def delta_rule_triton(
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, beta, h0)
     )
-    o, ht, _, _ = delta_rule_fwd(q, k, v, beta, h0, seg, scale, l2norm_qk, needs_grad)
+    o, ht, *_ = delta_rule_fwd(q, k, v, beta, h0, seg, scale, l2norm_qk, needs_grad)
     return o, (ht if output_final_state else None)

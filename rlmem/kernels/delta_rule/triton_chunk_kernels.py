@@ -3,17 +3,20 @@
 Per chunk of C = 4 * BS tokens, with seg the reset count (cumsum of resets) of each token:
     L = strict_tril(diag(beta) K K^T * same_seg),  Tinv = (I + L)^-1,
     f_i = [seg_i == seg of the incoming state],  g_i = [seg_i == seg of the last token],
-    U = Tinv (beta * (V - f * K S_n)),
+    U = Tinv (beta * (V - f * K S_n)) = U0 - W S_n,
+        with W = Tinv diag(beta f) K and U0 = Tinv diag(beta) V (free of the state),
     O = scale * (f * Q S_n + (tril_incl(Q K^T) * same_seg) U),
     S_{n+1} = [no reset in chunk] S_n + K^T (g * U).
 Kernels:
-    wy_inverse_kernel  (chunks in parallel): Tinv, by blocked forward substitution.
+    wy_inverse_kernel  (chunks in parallel): Tinv by blocked forward substitution, W, U0 and
+                       the L2-normalised q, k (the state-free part of the recurrence).
     fwd_kernel         (chunks in sequence): U, O and the states S_n.
-    bwd_state_kernel   (chunks in reverse):  dS_{n+1} for every chunk and dS_0.
+    bwd_state_kernel   (chunks in reverse):  dS_{n+1} for every chunk and dS_0 (with W).
     bwd_chunk_kernel   (chunks in parallel): dq, dk, dv, dbeta from S_n and dS_{n+1}
                        (optionally split over blocks of V columns, partial sums added).
 Tensors: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], seg int32 [B, T],
-Tinv [B*H, NT, C, C] (zeros above the diagonal), states [B*H, NT, K, V] float32.
+Tinv [B*H, NT, C, C] (zeros above the diagonal), states [B*H, NT, K, V] float32; W, qn, kn
+like k and U0 like v, in the input dtype.
 """
 
 from __future__ import annotations
@@ -113,24 +116,43 @@ def _load_k_block(
 
 
 @triton.jit
+def _store_rows(
+    ptr, x, b, h, t0, T, H: tl.constexpr, D: tl.constexpr, R: tl.constexpr, BD: tl.constexpr
+):
+    offs, mask = row_offsets(b, h, t0, T, H, D, 0, R, BD)
+    tl.store(ptr + offs, x.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def wy_inverse_kernel(
+    q,
     k,
+    v,
     beta,
     seg,
     tinv,
+    w,
+    u0,
+    qn,
+    kn,
     T,
     NT,
     H: tl.constexpr,
     DK: tl.constexpr,
+    DV: tl.constexpr,
     BK: tl.constexpr,
+    BV: tl.constexpr,
     BS: tl.constexpr,
     L2NORM: tl.constexpr,
     HAS_RESETS: tl.constexpr,
     DOT_DT: tl.constexpr,
     EPS: tl.constexpr,
 ):
-    """Tinv = (I + L)^-1 of one chunk: diagonal blocks by substitution, then block rows
-    T_ij = -T_ii sum_{j<=m<i} L_im T_mj. Grid (NT, B*H)."""
+    """The WY form of one chunk, everything of the recurrence that does not depend on the
+    state: Tinv = (I + L)^-1 (diagonal blocks by substitution, then block rows
+    T_ij = -T_ii sum_{j<=m<i} L_im T_mj), W = Tinv diag(beta f) K and U0 = Tinv diag(beta) V
+    (so that U = U0 - W S_n), and with L2NORM the normalised q and k. Grid (NT, B*H).
+    Tinv [B*H, NT, C, C]; W, U0, qn, kn in the [B, T, H, D] layout of k and v."""
     i_n = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
@@ -191,6 +213,25 @@ def wy_inverse_kernel(
     for i in tl.static_range(3):
         for j in tl.static_range(i + 1, 4):
             _store_block(base, zero, i, j, BS, C)
+    # Read back whole: W and U0 as two [C, C] products (done on the 16 x 16 blocks, they
+    # would pull the blocks' layout into the substitution loop: ~10x the barriers). The
+    # barrier makes this block's stores visible to all its threads.
+    tl.debug_barrier()
+    tm = _load_tinv(tinv, i_bh, i_n, NT, C)
+    kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
+    bc = load_vec(beta, b, h, t0, T, H, C)
+    if L2NORM:  # the recurrences read q and k normalised once, here
+        kc = l2n(kc, EPS)
+        _store_rows(kn, kc, b, h, t0, T, H, DK, C, BK)
+        qc = l2n(load_rows(q, b, h, t0, T, H, DK, 0, C, BK), EPS)
+        _store_rows(qn, qc, b, h, t0, T, H, DK, C, BK)
+    if HAS_RESETS:  # only tokens that still see the incoming state read it
+        bf = bc * (load_seg(seg, b, t0, T, C) == load_seg_before(seg, b, t0, T)).to(tl.float32)
+    else:
+        bf = bc
+    _store_rows(w, mm(tm, bf[:, None] * kc, DOT_DT), b, h, t0, T, H, DK, C, BK)
+    vc = load_rows(v, b, h, t0, T, H, DV, 0, C, BV)
+    _store_rows(u0, mm(tm, bc[:, None] * vc, DOT_DT), b, h, t0, T, H, DV, C, BV)
 
 
 @triton.jit
@@ -199,29 +240,6 @@ def _load_tinv(tinv, i_bh, n, NT, C: tl.constexpr):
     r = tl.arange(0, C)
     offs = (i_bh.to(tl.int64) * NT + n) * C * C + r[:, None] * C + r[None, :]
     return tl.load(tinv + offs)
-
-
-@triton.jit
-def _load_qk(
-    q,
-    k,
-    b,
-    h,
-    t0,
-    T,
-    H: tl.constexpr,
-    DK: tl.constexpr,
-    C: tl.constexpr,
-    BK: tl.constexpr,
-    L2NORM: tl.constexpr,
-    EPS: tl.constexpr,
-):
-    qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
-    kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
-    if L2NORM:
-        qc = l2n(qc, EPS)
-        kc = l2n(kc, EPS)
-    return qc, kc
 
 
 @triton.jit
@@ -255,10 +273,9 @@ def _segments(seg, b, t0, T, C: tl.constexpr):
 def fwd_kernel(
     q,
     k,
-    v,
-    beta,
+    w,
+    u0,
     seg,
-    tinv,
     h0,
     o,
     hs,
@@ -272,15 +289,16 @@ def fwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
-    L2NORM: tl.constexpr,
     HAS_RESETS: tl.constexpr,
     HAS_H0: tl.constexpr,
     STORE_H: tl.constexpr,
     DOT_DT: tl.constexpr,
-    EPS: tl.constexpr,
 ):
-    """The chunk recurrence: o and, when STORE_H, the state entering every chunk; the final
-    state into ht [B, H, K, V]. Grid (cdiv(V, BV), B*H)."""
+    """The chunk recurrence from the WY form (q, k already normalised if they are to be):
+        U = U0 - W S_n,  O = scale (f Q S_n + (tril_incl(Q K^T) * same) U),
+        S_{n+1} = keep S_n + K^T (g U),
+    two dependent matrix products per chunk. o and, when STORE_H, the state entering every
+    chunk; the final state into ht [B, H, K, V]. Grid (cdiv(V, BV), B*H)."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
@@ -298,21 +316,18 @@ def fwd_kernel(
         if STORE_H:
             h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
             tl.store(hs + h_offs, S, mask=s_mask)
-        qc, kc = _load_qk(q, k, b, h, t0, T, H, DK, C, BK, L2NORM, EPS)
-        vc = load_rows(v, b, h, t0, T, H, DV, c0, C, BV)
-        bc = load_vec(beta, b, h, t0, T, H, C)
-        tm = _load_tinv(tinv, i_bh, n, NT, C)
-        ks = mm(kc, S, DOT_DT)
+        qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
+        kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
+        wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK)
+        u = load_rows(u0, b, h, t0, T, H, DV, c0, C, BV) - mm(wc, S, DOT_DT)
         qs = mm(qc, S, DOT_DT)
         a = mm(qc, tl.trans(kc), DOT_DT)
         if HAS_RESETS:
             f, g, keep, same = _segments(seg, b, t0, T, C)
-            u = mm(tm, bc[:, None] * (vc - f[:, None] * ks), DOT_DT)
             a = tl.where(causal & same, a, 0.0)
             oc = scale * (f[:, None] * qs + mm(a, u, DOT_DT))
             S = keep * S + mm(tl.trans(kc), g[:, None] * u, DOT_DT)
         else:
-            u = mm(tm, bc[:, None] * (vc - ks), DOT_DT)
             a = tl.where(causal, a, 0.0)
             oc = scale * (qs + mm(a, u, DOT_DT))
             S = S + mm(tl.trans(kc), u, DOT_DT)
@@ -325,9 +340,8 @@ def fwd_kernel(
 def bwd_state_kernel(
     q,
     k,
-    beta,
+    w,
     seg,
-    tinv,
     do,
     dht,
     dhs,
@@ -341,17 +355,16 @@ def bwd_state_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
-    L2NORM: tl.constexpr,
     HAS_RESETS: tl.constexpr,
     HAS_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr,
     DOT_DT: tl.constexpr,
-    EPS: tl.constexpr,
 ):
-    """Backward of the chunk recurrence: dhs[n] = dL/dS_{n+1} (the gradient reaching the state
-    that leaves chunk n), dh0 = dL/dS_0. Grid (cdiv(V, BV), B*H).
-        dU = scale P^T dO + g K dS_{n+1},  dS_n = scale Q^T (f dO) + keep dS_{n+1}
-             - (beta f K)^T Tinv^T dU."""
+    """Backward of the chunk recurrence (q, k already normalised if they are to be):
+    dhs[n] = dL/dS_{n+1} (the gradient reaching the state that leaves chunk n),
+    dh0 = dL/dS_0. Grid (cdiv(V, BV), B*H).
+        dU = scale P^T dO + g K dS_{n+1},
+        dS_n = scale Q^T (f dO) + keep dS_{n+1} - W^T dU   (W^T = (beta f K)^T Tinv^T)."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
@@ -369,31 +382,25 @@ def bwd_state_kernel(
         t0 = n * C
         h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
         tl.store(dhs + h_offs, dS, mask=s_mask)
-        qc, kc = _load_qk(q, k, b, h, t0, T, H, DK, C, BK, L2NORM, EPS)
+        qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
+        kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
+        wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK)
         doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV)
-        bc = load_vec(beta, b, h, t0, T, H, C)
-        tm = _load_tinv(tinv, i_bh, n, NT, C)
         at = mm(kc, tl.trans(qc), DOT_DT)
         kds = mm(kc, dS, DOT_DT)
         if HAS_RESETS:
             f, g, keep, same = _segments(seg, b, t0, T, C)
             at = tl.where(anticausal & tl.trans(same), at, 0.0)
             du = scale * mm(at, doc, DOT_DT) + g[:, None] * kds
-            dy = mm(tl.trans(tm), du, DOT_DT)
             dS = (
                 scale * mm(tl.trans(qc), f[:, None] * doc, DOT_DT)
                 + keep * dS
-                - mm(tl.trans((bc * f)[:, None] * kc), dy, DOT_DT)
+                - mm(tl.trans(wc), du, DOT_DT)
             )
         else:
             at = tl.where(anticausal, at, 0.0)
             du = scale * mm(at, doc, DOT_DT) + kds
-            dy = mm(tl.trans(tm), du, DOT_DT)
-            dS = (
-                scale * mm(tl.trans(qc), doc, DOT_DT)
-                + dS
-                - mm(tl.trans(bc[:, None] * kc), dy, DOT_DT)
-            )
+            dS = scale * mm(tl.trans(qc), doc, DOT_DT) + dS - mm(tl.trans(wc), du, DOT_DT)
     if STORE_DH0:
         tl.store(dh0 + s_offs, dS, mask=s_mask)
 
