@@ -128,14 +128,18 @@ def _split(cfg: dict) -> tuple[dict, int, int]:
     return cfg, cfg.pop("num_warps"), cfg.pop("num_stages")
 
 
-def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) -> int:
+def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool, wy: bool) -> int:
     """Shared bytes of kernel `name` (one of KERNELS) at the host code's settings."""
-    return shared_bytes(*kernel_build(name, dtype, DK, DV, flags))
+    return shared_bytes(*kernel_build(name, dtype, DK, DV, flags, wy))
 
 
-def kernel_build(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) -> tuple:
+def kernel_build(
+    name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool, wy: bool | None = None
+) -> tuple:
     """(fn, constexprs, pointer types, num_warps, num_stages) of kernel `name` (one of KERNELS)
-    at the host code's settings, feature flags all on or all off."""
+    at the host code's settings, feature flags all on or all off; the delta rule's forward on
+    its WY form or not (default: as the flags, since the host takes it when a backward
+    follows)."""
     from rlmem.kernels.delta_rule import triton_chunk, triton_chunk_kernels, triton_step
     from rlmem.kernels.delta_rule.triton_common import EPS, dot_dtype
     from rlmem.kernels.sliding_window import triton as swa
@@ -156,7 +160,8 @@ def kernel_build(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool) -
         return fn, consts, ptrs, nw, ns
     cfg, nw, ns = _split(triton_chunk.launch_config(dtype, DK, DV)[name])
     fn = getattr(triton_chunk_kernels, f"{name}_kernel")
-    states = dict(HAS_H0=flags, STORE_H=flags, HAS_DHT=flags, STORE_DH0=flags)
+    states = dict(HAS_H0=flags, STORE_H=flags, HAS_DHT=flags, STORE_DH0=flags,
+                  WY=flags if wy is None else wy)  # fmt: skip
     split_v = triton.cdiv(DV, cfg.get("BV", DV)) > 1
     consts = dict(H=4, DK=DK, DV=DV, C=triton_chunk.CHUNK, L2NORM=flags, HAS_RESETS=flags,
                   SPLIT_V=split_v, DOT_DT=dot, EPS=EPS, **states, **cfg)  # fmt: skip
@@ -176,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ptx:
         return print_ptx_counts(args)
-    print(f"triton {triton.__version__}, target sm_90, limit {args.limit} bytes; "
-          "cells: bytes per block (max over flags all on / all off)")  # fmt: skip
+    print(f"triton {triton.__version__}, target sm_90, limit {args.limit} bytes; cells: bytes "
+          "per block (max over flags all on / all off / all on but the WY form)")  # fmt: skip
     print("| dtype | K x V | " + " | ".join(args.kernels) + " |")
     print("|---|---|" + "---|" * len(args.kernels))
     t0, over = time.time(), []
@@ -186,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             DK, DV = (int(x) for x in dims.lower().split("x"))
             cells = []
             for name in args.kernels:
-                b = max(kernel_smem(name, DTYPES[dt], DK, DV, f) for f in (True, False))
+                b = max(kernel_smem(name, DTYPES[dt], DK, DV, f, wy)
+                        for f, wy in ((True, True), (False, False), (True, False)))  # fmt: skip
                 if b > args.limit:
                     over.append(f"{name} {dt} {dims}")
                 cells.append(f"{b}" + (" OVER" if b > args.limit else ""))

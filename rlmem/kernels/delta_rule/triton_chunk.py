@@ -1,8 +1,9 @@
 """Chunked delta rule in Triton: host functions and the custom ops with their backward.
 
-Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence).
+Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence; on the
+WY form U = U0 - W S_n when a backward follows, see `_forward`).
 Backward: `bwd_state_kernel` (reverse recurrence of dS) then `bwd_chunk_kernel` (chunks in
-parallel). Four launches per direction at most, whatever the sequence length.
+parallel). Four launches in all, whatever the sequence length.
 
 Both directions are torch.library custom ops (`rlmem::delta_rule_fwd`, `rlmem::delta_rule_bwd`)
 joined by `register_autograd`: torch.compile traces a model through them without a graph
@@ -59,8 +60,13 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
 def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     """q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] contiguous; h0 [B, H, K, V] float32
     or None; seg int32 [B, T] or None. Returns o, the final state and what the backward reads:
-    Tinv, the chunk states ([0] unless store_h), W and the normalised q, k ([0] unless
-    l2norm_qk)."""
+    Tinv, the chunk states, W and the normalised q, k (all but Tinv [0] unless store_h; qn, kn
+    also unless l2norm_qk).
+
+    With a backward to follow (store_h) the recurrence runs on the WY form (U = U0 - W S_n,
+    W, U0 and the normalised q, k written by `wy_inverse_kernel`): a shorter dependent chain
+    per chunk, and W, qn, kn serve the backward's recurrence as well. Without, it reads q, k, v
+    and Tinv directly, which moves less memory (KERNEL_NOTES.md, "The WY form")."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = triton.cdiv(T, CHUNK)
@@ -69,27 +75,31 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     has_resets = seg is not None
     seg_arg = seg if has_resets else q
     o, ht, tinv, hs, w, qn, kn = _forward_outputs(q, v, store_h, l2norm_qk)
-    u0 = torch.empty_like(v)
-    qr, kr = (qn, kn) if l2norm_qk else (q, k)  # what the recurrence reads
+    wy = store_h
+    # Pointers the kernels do not touch without WY (or without L2 norms) get stand-ins.
+    u0 = torch.empty_like(v) if wy else v
+    w_arg = w if wy else k
+    qr, kr = (qn, kn) if wy and l2norm_qk else (q, k)  # what the recurrence reads
     wy_inverse_kernel[(NT, B * H)](
-        q, k, v, beta, seg_arg, tinv, w, u0, qr, kr, T, NT,
-        H=H, DK=DK, DV=DV, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt, EPS=EPS,
-        **cfg["wy_inverse"],
+        q, k, v, beta, seg_arg, tinv, w_arg, u0, qr, kr, T, NT,
+        H=H, DK=DK, DV=DV, WY=wy, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt,
+        EPS=EPS, **cfg["wy_inverse"],
     )  # fmt: skip
     fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), B * H)](
-        qr, kr, w, u0, seg_arg, h0 if h0 is not None else ht, o, hs if store_h else o, ht,
-        T, NT, scale,
-        H=H, DK=DK, DV=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_H0=h0 is not None,
-        STORE_H=store_h, DOT_DT=dot_dt, **cfg["fwd"],
+        qr, kr, v, beta, tinv, w_arg, u0, seg_arg, h0 if h0 is not None else ht, o,
+        hs if store_h else o, ht, T, NT, scale,
+        H=H, DK=DK, DV=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
+        HAS_RESETS=has_resets, HAS_H0=h0 is not None, STORE_H=store_h, DOT_DT=dot_dt, EPS=EPS,
+        **cfg["fwd"],
     )  # fmt: skip
     return o, ht, tinv, hs, w, qn, kn
 
 
 def _forward_outputs(q, v, store_h, l2norm_qk):
     """Empty o [B, T, H, V], final state [B, H, K, V], Tinv [B*H, NT, C, C], chunk states
-    [B*H, NT, K, V] ([0] unless store_h), W [B, T, H, K], qn, kn [B, T, H, K] ([0] unless
-    l2norm_qk); states and Tinv float32, the rest in the input dtype. For the kernels and the
-    fake op."""
+    [B*H, NT, K, V], W [B, T, H, K], qn, kn [B, T, H, K] (all but o, the final state and Tinv
+    [0] unless store_h, qn and kn also unless l2norm_qk); states and Tinv float32, the rest in
+    the input dtype. For the kernels and the fake op."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = (T + CHUNK - 1) // CHUNK
@@ -100,9 +110,9 @@ def _forward_outputs(q, v, store_h, l2norm_qk):
         torch.empty(B, H, DK, DV, **f32),
         torch.empty(B * H, NT, CHUNK, CHUNK, **f32),
         torch.empty(B * H, NT, DK, DV, **f32) if store_h else empty(),
-        torch.empty_like(q),
-        torch.empty_like(q) if l2norm_qk else empty(),
-        torch.empty_like(q) if l2norm_qk else empty(),
+        torch.empty_like(q) if store_h else empty(),
+        torch.empty_like(q) if store_h and l2norm_qk else empty(),
+        torch.empty_like(q) if store_h and l2norm_qk else empty(),
     )
 
 

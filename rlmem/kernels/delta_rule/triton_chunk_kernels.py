@@ -124,6 +124,58 @@ def _store_rows(
 
 
 @triton.jit
+def _wy_factors(
+    q,
+    k,
+    v,
+    beta,
+    seg,
+    tinv,
+    w,
+    u0,
+    qn,
+    kn,
+    b,
+    h,
+    i_bh,
+    i_n,
+    T,
+    NT,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    C: tl.constexpr,
+    L2NORM: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
+    DOT_DT: tl.constexpr,
+    EPS: tl.constexpr,
+):
+    """W, U0 and (with L2NORM) the normalised q, k of chunk i_n, from its Tinv just stored and
+    read back whole for two [C, C] products: done on the 16 x 16 blocks, these products would
+    pull the blocks' layout into the substitution loop (~10x the barriers). The barrier makes
+    the block's stores visible to all its threads."""
+    t0 = i_n * C
+    tl.debug_barrier()
+    tm = _load_tinv(tinv, i_bh, i_n, NT, C)
+    kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
+    bc = load_vec(beta, b, h, t0, T, H, C)
+    if L2NORM:  # the recurrences read q and k normalised once, here
+        kc = l2n(kc, EPS)
+        _store_rows(kn, kc, b, h, t0, T, H, DK, C, BK)
+        qc = l2n(load_rows(q, b, h, t0, T, H, DK, 0, C, BK), EPS)
+        _store_rows(qn, qc, b, h, t0, T, H, DK, C, BK)
+    if HAS_RESETS:  # only tokens that still see the incoming state read it
+        bf = bc * (load_seg(seg, b, t0, T, C) == load_seg_before(seg, b, t0, T)).to(tl.float32)
+    else:
+        bf = bc
+    _store_rows(w, mm(tm, bf[:, None] * kc, DOT_DT), b, h, t0, T, H, DK, C, BK)
+    vc = load_rows(v, b, h, t0, T, H, DV, 0, C, BV)
+    _store_rows(u0, mm(tm, bc[:, None] * vc, DOT_DT), b, h, t0, T, H, DV, C, BV)
+
+
+@triton.jit
 def wy_inverse_kernel(
     q,
     k,
@@ -143,16 +195,17 @@ def wy_inverse_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     BS: tl.constexpr,
+    WY: tl.constexpr,
     L2NORM: tl.constexpr,
     HAS_RESETS: tl.constexpr,
     DOT_DT: tl.constexpr,
     EPS: tl.constexpr,
 ):
-    """The WY form of one chunk, everything of the recurrence that does not depend on the
-    state: Tinv = (I + L)^-1 (diagonal blocks by substitution, then block rows
-    T_ij = -T_ii sum_{j<=m<i} L_im T_mj), W = Tinv diag(beta f) K and U0 = Tinv diag(beta) V
-    (so that U = U0 - W S_n), and with L2NORM the normalised q and k. Grid (NT, B*H).
-    Tinv [B*H, NT, C, C]; W, U0, qn, kn in the [B, T, H, D] layout of k and v."""
+    """Tinv = (I + L)^-1 of one chunk (diagonal blocks by substitution, then block rows
+    T_ij = -T_ii sum_{j<=m<i} L_im T_mj) and, with WY, the rest of the chunk's state-free part:
+    W = Tinv diag(beta f) K and U0 = Tinv diag(beta) V (so that U = U0 - W S_n), and with
+    L2NORM the normalised q and k. Grid (NT, B*H). Tinv [B*H, NT, C, C]; W, U0, qn, kn in the
+    [B, T, H, D] layout of k and v."""
     i_n = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
@@ -213,25 +266,9 @@ def wy_inverse_kernel(
     for i in tl.static_range(3):
         for j in tl.static_range(i + 1, 4):
             _store_block(base, zero, i, j, BS, C)
-    # Read back whole: W and U0 as two [C, C] products (done on the 16 x 16 blocks, they
-    # would pull the blocks' layout into the substitution loop: ~10x the barriers). The
-    # barrier makes this block's stores visible to all its threads.
-    tl.debug_barrier()
-    tm = _load_tinv(tinv, i_bh, i_n, NT, C)
-    kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
-    bc = load_vec(beta, b, h, t0, T, H, C)
-    if L2NORM:  # the recurrences read q and k normalised once, here
-        kc = l2n(kc, EPS)
-        _store_rows(kn, kc, b, h, t0, T, H, DK, C, BK)
-        qc = l2n(load_rows(q, b, h, t0, T, H, DK, 0, C, BK), EPS)
-        _store_rows(qn, qc, b, h, t0, T, H, DK, C, BK)
-    if HAS_RESETS:  # only tokens that still see the incoming state read it
-        bf = bc * (load_seg(seg, b, t0, T, C) == load_seg_before(seg, b, t0, T)).to(tl.float32)
-    else:
-        bf = bc
-    _store_rows(w, mm(tm, bf[:, None] * kc, DOT_DT), b, h, t0, T, H, DK, C, BK)
-    vc = load_rows(v, b, h, t0, T, H, DV, 0, C, BV)
-    _store_rows(u0, mm(tm, bc[:, None] * vc, DOT_DT), b, h, t0, T, H, DV, C, BV)
+    if WY:
+        _wy_factors(q, k, v, beta, seg, tinv, w, u0, qn, kn, b, h, i_bh, i_n, T, NT, H, DK, DV,
+                    BK, BV, C, L2NORM, HAS_RESETS, DOT_DT, EPS)  # fmt: skip
 
 
 @triton.jit
@@ -273,6 +310,9 @@ def _segments(seg, b, t0, T, C: tl.constexpr):
 def fwd_kernel(
     q,
     k,
+    v,
+    beta,
+    tinv,
     w,
     u0,
     seg,
@@ -289,16 +329,21 @@ def fwd_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
+    WY: tl.constexpr,
+    L2NORM: tl.constexpr,
     HAS_RESETS: tl.constexpr,
     HAS_H0: tl.constexpr,
     STORE_H: tl.constexpr,
     DOT_DT: tl.constexpr,
+    EPS: tl.constexpr,
 ):
-    """The chunk recurrence from the WY form (q, k already normalised if they are to be):
-        U = U0 - W S_n,  O = scale (f Q S_n + (tril_incl(Q K^T) * same) U),
-        S_{n+1} = keep S_n + K^T (g U),
-    two dependent matrix products per chunk. o and, when STORE_H, the state entering every
-    chunk; the final state into ht [B, H, K, V]. Grid (cdiv(V, BV), B*H)."""
+    """The chunk recurrence
+        O = scale (f Q S_n + (tril_incl(Q K^T) * same) U),  S_{n+1} = keep S_n + K^T (g U),
+    with WY: U = U0 - W S_n from `wy_inverse_kernel` (q, k come normalised; two dependent
+    matrix products per chunk); else U = Tinv (beta (V - f K S_n)) straight from v, beta, Tinv
+    (three, and q, k normalised here when L2NORM; less traffic, for forwards without a
+    backward). o and, when STORE_H, the state entering every chunk; the final state into
+    ht [B, H, K, V]. Grid (cdiv(V, BV), B*H)."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
@@ -318,12 +363,25 @@ def fwd_kernel(
             tl.store(hs + h_offs, S, mask=s_mask)
         qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
         kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
-        wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK)
-        u = load_rows(u0, b, h, t0, T, H, DV, c0, C, BV) - mm(wc, S, DOT_DT)
+        if L2NORM:
+            qc = l2n(qc, EPS)
+            kc = l2n(kc, EPS)
+        if HAS_RESETS:
+            f, g, keep, same = _segments(seg, b, t0, T, C)
+        if WY:
+            wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK)
+            u = load_rows(u0, b, h, t0, T, H, DV, c0, C, BV) - mm(wc, S, DOT_DT)
+        else:
+            ks = mm(kc, S, DOT_DT)
+            if HAS_RESETS:
+                ks = f[:, None] * ks
+            x = load_vec(beta, b, h, t0, T, H, C)[:, None] * (
+                load_rows(v, b, h, t0, T, H, DV, c0, C, BV) - ks
+            )
+            u = mm(_load_tinv(tinv, i_bh, n, NT, C), x, DOT_DT)
         qs = mm(qc, S, DOT_DT)
         a = mm(qc, tl.trans(kc), DOT_DT)
         if HAS_RESETS:
-            f, g, keep, same = _segments(seg, b, t0, T, C)
             a = tl.where(causal & same, a, 0.0)
             oc = scale * (f[:, None] * qs + mm(a, u, DOT_DT))
             S = keep * S + mm(tl.trans(kc), g[:, None] * u, DOT_DT)
