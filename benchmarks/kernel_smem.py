@@ -30,7 +30,7 @@ DEFAULT_DIMS = ["16x16", "32x32", "64x64", "32x96", "128x64", "64x128", "128x128
 KERNELS = ["wy_inverse", "fwd", "bwd_state", "bwd_chunk",
            "step", "swa_fwd", "swa_dkdv", "swa_dq"]  # fmt: skip
 _ROW_PTRS = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "pk", "pv", "dpk", "dpv", "beta",
-             "w", "u0", "qn", "kn")  # fmt: skip
+             "w", "u0", "qn", "kn", "du")  # fmt: skip
 _INTS = ("T", "NT", "P", "W")
 PTX_COUNTS = {
     "barriers": r"\bbar\.sync|\bbarrier\.sync",

@@ -127,10 +127,11 @@ def _backward(q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk
     has_resets = seg is not None
     seg_arg = seg if has_resets else q
     dhs = torch.empty_like(hs)
+    du = torch.empty_like(do)  # dL/dU, passed from the recurrence to the chunk kernel
     dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if need_dh0 else None
     bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), B * H)](
         qn if l2norm_qk else q, kn if l2norm_qk else k, w, seg_arg, do,
-        dht if dht is not None else hs, dhs, dh0 if need_dh0 else hs, T, NT, scale,
+        dht if dht is not None else hs, dhs, dh0 if need_dh0 else hs, du, T, NT, scale,
         H=H, DK=DK, DV=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=dht is not None,
         STORE_DH0=need_dh0, DOT_DT=dot_dt, **cfg["bwd_state"],
     )  # fmt: skip
@@ -143,7 +144,7 @@ def _backward(q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk
                   for _ in range(2))  # fmt: skip
         dbeta = torch.empty(NV, *beta.shape, device=q.device, dtype=torch.float32)
     bwd_chunk_kernel[(NT, B * H, NV)](
-        q, k, v, beta, seg_arg, tinv, hs, dhs, do, dq, dk, dv, dbeta, T, NT, scale,
+        q, k, v, beta, seg_arg, tinv, hs, dhs, do, du, dq, dk, dv, dbeta, T, NT, scale,
         H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
         SPLIT_V=NV > 1, DOT_DT=dot_dt, EPS=EPS, **cfg["bwd_chunk"],
     )  # fmt: skip
@@ -235,8 +236,8 @@ def _delta_rule_backward(ctx, do, dht, *_saved_outputs):
     if not ctx.store_h:
         raise RuntimeError("rlmem::delta_rule_fwd ran with store_h=False: it has no backward")
     need_dh0 = ctx.has_h0 and ctx.needs_input_grad[4]
-    if do is None:  # only the final state was used
-        do = torch.zeros_like(saved[2])
+    if do is None:  # only the final state was used: o's gradient is zero
+        do = torch.zeros_like(saved[2])  # o is shaped like v
     dq, dk, dv, dbeta, dh0 = delta_rule_bwd(*saved, do, dht, ctx.scale, ctx.l2norm_qk, need_dh0)
     return dq, dk, dv, dbeta, (dh0 if need_dh0 else None), None, None, None, None
 

@@ -404,6 +404,7 @@ def bwd_state_kernel(
     dht,
     dhs,
     dh0,
+    du,
     T,
     NT,
     scale,
@@ -420,7 +421,8 @@ def bwd_state_kernel(
 ):
     """Backward of the chunk recurrence (q, k already normalised if they are to be):
     dhs[n] = dL/dS_{n+1} (the gradient reaching the state that leaves chunk n),
-    dh0 = dL/dS_0. Grid (cdiv(V, BV), B*H).
+    dh0 = dL/dS_0, and du = dL/dU of every chunk (in do's dtype, the precision `bwd_chunk_kernel`
+    multiplies it in). Grid (cdiv(V, BV), B*H).
         dU = scale P^T dO + g K dS_{n+1},
         dS_n = scale Q^T (f dO) + keep dS_{n+1} - W^T dU   (W^T = (beta f K)^T Tinv^T)."""
     i_v = tl.program_id(0)
@@ -449,16 +451,18 @@ def bwd_state_kernel(
         if HAS_RESETS:
             f, g, keep, same = _segments(seg, b, t0, T, C)
             at = tl.where(anticausal & tl.trans(same), at, 0.0)
-            du = scale * mm(at, doc, DOT_DT) + g[:, None] * kds
+            duc = scale * mm(at, doc, DOT_DT) + g[:, None] * kds
             dS = (
                 scale * mm(tl.trans(qc), f[:, None] * doc, DOT_DT)
                 + keep * dS
-                - mm(tl.trans(wc), du, DOT_DT)
+                - mm(tl.trans(wc), duc, DOT_DT)
             )
         else:
             at = tl.where(anticausal, at, 0.0)
-            du = scale * mm(at, doc, DOT_DT) + kds
-            dS = scale * mm(tl.trans(qc), doc, DOT_DT) + dS - mm(tl.trans(wc), du, DOT_DT)
+            duc = scale * mm(at, doc, DOT_DT) + kds
+            dS = scale * mm(tl.trans(qc), doc, DOT_DT) + dS - mm(tl.trans(wc), duc, DOT_DT)
+        u_offs, u_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
+        tl.store(du + u_offs, duc.to(du.dtype.element_ty), mask=u_mask)
     if STORE_DH0:
         tl.store(dh0 + s_offs, dS, mask=s_mask)
 
@@ -480,6 +484,7 @@ def bwd_chunk_kernel(
     hs,
     dhs,
     do,
+    du,
     dq,
     dk,
     dv,
@@ -499,7 +504,8 @@ def bwd_chunk_kernel(
     DOT_DT: tl.constexpr,
     EPS: tl.constexpr,
 ):
-    """Gradients of one chunk given S_n (hs) and dS_{n+1} (dhs). Grid (NT, B*H, cdiv(V, BV)).
+    """Gradients of one chunk given S_n (hs), dS_{n+1} (dhs) and dU (du, from
+    `bwd_state_kernel`). Grid (NT, B*H, cdiv(V, BV)).
     Without SPLIT_V, BV covers V. With SPLIT_V, program i_v sees columns [i_v*BV, (i_v+1)*BV)
     of v, do and the states, writes those of dv, and its share of dq, dk, dbeta into slice i_v
     of float32 buffers [NV, B, T, H, K] and [NV, B, T, H], which the host sums (every term
@@ -543,21 +549,17 @@ def bwd_chunk_kernel(
     else:
         xr = vc - ks
     u = mm(tm, bc[:, None] * xr, DOT_DT)
-    a = tl.where(incl, mm(qc, tl.trans(kc), DOT_DT), 0.0)
-    kds = mm(kc, dS, DOT_DT)
     dos = mm(doc, tl.trans(S), DOT_DT)
     if HAS_RESETS:
-        du = scale * mm(tl.trans(a), doc, DOT_DT) + g[:, None] * kds
         dqc = scale * f[:, None] * dos
         dkc = mm(g[:, None] * u, tl.trans(dS), DOT_DT)
     else:
-        du = scale * mm(tl.trans(a), doc, DOT_DT) + kds
         dqc = scale * dos
         dkc = mm(u, tl.trans(dS), DOT_DT)
     dp = tl.where(incl, scale * mm(doc, tl.trans(u), DOT_DT), 0.0)
     dqc += mm(dp, kc, DOT_DT)
     dkc += mm(tl.trans(dp), qc, DOT_DT)
-    dy = mm(tl.trans(tm), du, DOT_DT)
+    dy = mm(tl.trans(tm), load_rows(du, b, h, t0, T, H, DV, c0, C, BV), DOT_DT)
     dvc = bc[:, None] * dy
     dys = mm(dy, tl.trans(S), DOT_DT)
     if HAS_RESETS:
