@@ -347,11 +347,13 @@ def run_bench(only: list[str]) -> int:
     return 0
 
 
-PROFILE_SHAPES = [(8, 2048, 16, 64), (2, 8192, 16, 64)]  # B, T, H, D: the LM runs' layers
+# B, T, H, D: the LM runs' layers (T=2048 and T=8192) and the RL benchmark's shape
+PROFILE_SHAPES = [(8, 2048, 16, 64), (2, 8192, 16, 64), (64, 256, 4, 64)]
 
 
 def _profile_cases(B, T, H, D):
-    """name -> (op, leaves) of the profiled fwd+bwd runs at one shape, bf16."""
+    """name -> (op, leaves or None for a forward without autograd) of the profiled runs at
+    one shape, bf16."""
     q, k, v, beta, _, _ = _delta_inputs(B, T, H, D, D, torch.bfloat16, h0=False)
     leaves = [x.requires_grad_() for x in (q, k, v, beta)]
     shape = f"B{B} T{T} H{H} D{D}"
@@ -369,37 +371,58 @@ def _profile_cases(B, T, H, D):
         )  # fmt: skip
 
     return {
-        f"delta_rule {shape}": (delta(True), leaves),
-        f"delta_rule without L2 norms {shape}": (delta(False), leaves),
-        f"sliding_window W64 {shape}": (swa, leaves[:3]),
+        f"delta_rule fwd+bwd {shape}": (delta(True), leaves),
+        f"delta_rule fwd (no grad) {shape}": (delta(True), None),
+        f"delta_rule fwd+bwd without L2 norms {shape}": (delta(False), leaves),
+        f"sliding_window W64 fwd+bwd {shape}": (swa, leaves[:3]),
     }
 
 
-def run_profile(reps: int = 20) -> int:
-    """Device time per kernel (torch.profiler, mean over `reps` calls) of the delta rule's and
-    the sliding window's fwd+bwd at the LM throughput runs' per-layer shapes, bf16, and of the
-    delta rule without the in-kernel L2 norms (what normalising q, k costs the kernels)."""
+def _device_times(run, reps: int) -> dict[str, float]:
+    """Kernel name -> mean device time (ms) per call of `run`, by torch.profiler."""
     from collections import defaultdict
 
     from torch.profiler import ProfilerActivity, profile
 
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            run()
+        torch.cuda.synchronize()
+    times: dict[str, float] = defaultdict(float)
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            times[evt.name] += evt.device_time / reps / 1e3
+    return dict(times)
+
+
+def run_profile(json_path: str | None = None, reps: int = 20) -> int:
+    """Device time per kernel (torch.profiler, mean over `reps` calls) of the delta rule and
+    the sliding window at PROFILE_SHAPES, bf16: fwd+bwd, the delta rule's forward alone and
+    its fwd+bwd without the in-kernel L2 norms (what normalising q, k costs). With json_path,
+    also {case: {kernel: ms}} there (benchmarks/gpu_compare.sh reads two such files)."""
+    results = {}
     for shape in PROFILE_SHAPES:
         for name, (op, leaves) in _profile_cases(*shape).items():
-            run = fwd_bwd(op, leaves)
-            for _ in range(3):
-                run()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(reps):
-                    run()
-                torch.cuda.synchronize()
-            times: dict[str, float] = defaultdict(float)
-            for evt in prof.events():
-                if evt.device_type == torch.autograd.DeviceType.CUDA:
-                    times[evt.name] += evt.device_time / reps
-            print(f"\n{name}: {sum(times.values()) / 1e3:.3f} ms device time per fwd+bwd")
-            for kname, us in sorted(times.items(), key=lambda kv: -kv[1])[:8]:
-                print(f"  {us / 1e3:8.3f} ms  {kname[:70]}")
+            if leaves is None:
+
+                def run(op=op):
+                    with torch.no_grad():
+                        op()
+
+            else:
+                run = fwd_bwd(op, leaves)
+            times = results[name] = _device_times(run, reps)
+            print(f"\n{name}: {sum(times.values()):.3f} ms device time per call")
+            for kname, ms in sorted(times.items(), key=lambda kv: -kv[1])[:8]:
+                print(f"  {ms:8.3f} ms  {kname[:70]}")
+    if json_path:
+        import json
+
+        with open(json_path, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(0), "cases": results}, f, indent=1)
     return 0
 
 
@@ -437,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--isolate", action="store_true",
                         help="run each check case in its own process")  # fmt: skip
+    parser.add_argument("--json", default=None, help="profile: also write the times here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs CUDA", file=sys.stderr)
@@ -444,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "bench":
         return run_bench(args.only)
     if args.what == "profile":
-        return run_profile()
+        return run_profile(args.json)
     return run_checks(args.case, args.isolate) if args.what == "check" else run_smoke()
 
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Kernel device times of this tree against another checkout, in one run on one card
+# (`kernels.py profile` per tree: the delta rule and sliding window at the LM and RL shapes).
+# Timings of two runs, or of two cards, do not compare; this puts both sides in one run.
+#
+#   git worktree add --detach .base REV                       # locally, then carry .base
+#   source .device/setup.sh; bash benchmarks/gpu_compare.sh .base
+#
+# Both sides run this tree's benchmarks/kernels.py; only the rlmem package differs (BASE's
+# comes first on PYTHONPATH). Logs and JSON go to $OUT; the last lines are the table.
+set -u
+BASE=${1:?usage: bash benchmarks/gpu_compare.sh BASE_TREE}
+OUT=${OUT:-/tmp/rlmem-compare}
+mkdir -p "$OUT"
+HERE=$(pwd)
+for side in base new; do
+    tree=$HERE
+    [[ $side == base ]] && tree=$(cd "$BASE" && pwd)
+    echo "== $side: $tree"
+    PYTHONPATH="$tree:${PYTHONPATH:-}" timeout 300 python3 benchmarks/kernels.py profile \
+        --json "$OUT/profile-$side.json" > "$OUT/profile-$side.log" 2>&1
+    echo "   exit $?"
+done
+
+OUT="$OUT" python3 - <<'EOF'
+import json, os
+
+out = os.environ["OUT"]
+sides = {}
+for side in ("base", "new"):
+    try:
+        with open(os.path.join(out, f"profile-{side}.json")) as f:
+            sides[side] = json.load(f)
+    except (OSError, ValueError):
+        sides[side] = {"device": "?", "cases": {}}
+print(f"\n{sides['new']['device']}; device ms per call (kernels.py profile), base -> new")
+print("| case | kernel | base | new | new / base |")
+print("|---|---|---|---|---|")
+for case in sides["new"]["cases"] | sides["base"]["cases"]:
+    base = sides["base"]["cases"].get(case, {})
+    new = sides["new"]["cases"].get(case, {})
+    rows = [("**total**", sum(base.values()) if base else None, sum(new.values()) if new else None)]
+    names = sorted(set(base) | set(new), key=lambda n: -max(base.get(n, 0), new.get(n, 0)))
+    rows += [(n[:40], base.get(n), new.get(n)) for n in names[:6]]
+    for name, b, n in rows:
+        ratio = f"{n / b:.2f}" if b and n else "-"
+        fb = f"{b:.3f}" if b is not None else "-"
+        fn = f"{n:.3f}" if n is not None else "-"
+        print(f"| {case} | {name} | {fb} | {fn} | {ratio} |")
+EOF
