@@ -227,7 +227,9 @@ def _delta_rule_setup_context(ctx, inputs, output):
     _o, _ht, tinv, hs, w, qn, kn = output
     ctx.save_for_backward(q, k, v, beta, seg, tinv, hs, w, qn, kn)
     ctx.scale, ctx.l2norm_qk, ctx.has_h0, ctx.store_h = scale, l2norm_qk, h0 is not None, store_h
-    # Only o and the final state carry gradients: no zero-filled ones for the saved outputs.
+    # Only o and the final state carry gradients: none are made (zero-filled) for the saved
+    # outputs, nor for an output the loss does not use.
+    ctx.mark_non_differentiable(tinv, hs, w, qn, kn)
     ctx.set_materialize_grads(False)
 
 
