@@ -179,6 +179,7 @@ def _sliding_window_setup_context(ctx, inputs, output):
     q, k, v, pk, pv, lo, window, scale = inputs
     ctx.save_for_backward(q, k, v, pk, pv, lo, *output)
     ctx.window, ctx.scale, ctx.has_prefix = window, scale, pk is not None
+    ctx.mark_non_differentiable(output[1])  # the log-sum-exp, saved for the backward only
 
 
 def _sliding_window_backward(ctx, do, _dlse):
