@@ -1,0 +1,134 @@
+"""A sweep of launch settings for the chunked delta rule's and the sliding window's kernels.
+
+    python benchmarks/kernel_configs.py                     # on one GPU, ~3-5 min
+    python benchmarks/kernel_configs.py --warps 4 8 --stages 2 3 --shapes 8x2048x16x64
+
+For each kernel and each (num_warps, num_stages), the op's fwd+bwd runs in bf16 at the LM
+layers' shapes with only that kernel's setting changed, and torch.profiler gives that kernel's
+device time (mean over the calls). The current setting (the host code's `launch_config`) is
+marked with `*`; a setting that does not compile or launch (shared memory) says why. The
+sliding window's three kernels share one setting, so they are timed together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import torch
+from kernels import _delta_inputs, _device_times, fwd_bwd
+
+from rlmem.kernels.delta_rule import triton_chunk
+from rlmem.kernels.sliding_window import triton as swa
+from rlmem.kernels.sliding_window.triton import sliding_window_attention_triton
+
+DELTA_KERNELS = ("wy_inverse", "fwd", "bwd_state", "bwd_chunk")
+SWA_KERNELS = ("swa_fwd_kernel", "swa_bwd_dkdv_kernel", "swa_bwd_dq_kernel")
+
+
+def _delta_run(shape):
+    B, T, H, D = shape
+    q, k, v, beta, _, _ = _delta_inputs(B, T, H, D, D, torch.bfloat16, h0=False)
+    leaves = [x.requires_grad_() for x in (q, k, v, beta)]
+    op = lambda: triton_chunk.delta_rule_triton(  # noqa: E731
+        q, k, v, beta, initial_state=None, resets=None, scale=None, l2norm_qk=True,
+        output_final_state=False,
+    )  # fmt: skip
+    return fwd_bwd(op, leaves)
+
+
+def _swa_run(shape):
+    B, T, H, D = shape
+    q, k, v, _, _, _ = _delta_inputs(B, T, H, D, D, torch.bfloat16, h0=False)
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    op = lambda: sliding_window_attention_triton(  # noqa: E731
+        q, k, v, window=64, resets=None, prefix_k=None, prefix_v=None, prefix_len=None,
+        scale=None,
+    )  # fmt: skip
+    return fwd_bwd(op, leaves)
+
+
+def _timed(run: Callable, kernel_names: tuple[str, ...], reps: int) -> str:
+    """The summed device time (ms) of `kernel_names` per call of run, or why it failed."""
+    try:
+        times = _device_times(run, reps)
+    except Exception as e:  # noqa: BLE001  (out of shared memory, illegal access, ...)
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:40]}"
+    return f"{sum(t for name, t in times.items() if name in kernel_names):.3f}"
+
+
+def sweep(shapes, warps, stages, reps) -> list[tuple[str, str, list[str]]]:
+    """Rows (kernel, setting, time per shape) of every kernel and setting."""
+    rows = []
+    base_delta, base_swa = triton_chunk.launch_config, swa.launch_config
+    delta_runs = [_delta_run(s) for s in shapes]
+    swa_runs = [_swa_run(s) for s in shapes]
+    for name in DELTA_KERNELS:
+        current = base_delta(torch.bfloat16, 64, 64)[name]
+        for nw in warps:
+            for ns in stages:
+
+                def patched(dtype, DK, DV, name=name, nw=nw, ns=ns):
+                    cfg = base_delta(dtype, DK, DV)
+                    return {**cfg, name: {**cfg[name], "num_warps": nw, "num_stages": ns}}
+
+                triton_chunk.launch_config = patched
+                mark = "*" if (nw, ns) == (current["num_warps"], current["num_stages"]) else ""
+                cells = [_timed(run, (f"{name}_kernel",), reps) for run in delta_runs]
+                rows.append((name, f"{mark}warps {nw} stages {ns}", cells))
+                print(rows[-1], flush=True)
+        triton_chunk.launch_config = base_delta
+    current = base_swa(torch.bfloat16, 64, 64)
+    for nw in warps:
+        for ns in stages:
+
+            def patched_swa(dtype, DK, DV, nw=nw, ns=ns):
+                return {**base_swa(dtype, DK, DV), "num_warps": nw, "num_stages": ns}
+
+            swa.launch_config = patched_swa
+            mark = "*" if (nw, ns) == (current["num_warps"], current["num_stages"]) else ""
+            cells = [_timed(run, SWA_KERNELS, reps) for run in swa_runs]
+            rows.append(("sliding window (3 kernels)", f"{mark}warps {nw} stages {ns}", cells))
+            print(rows[-1], flush=True)
+    swa.launch_config = base_swa
+    return rows
+
+
+def parse_shape(text: str) -> tuple[int, int, int, int]:
+    try:
+        B, T, H, D = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        msg = f"expected BxTxHxD (e.g. 8x2048x16x64), got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return B, T, H, D
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        default=[(8, 2048, 16, 64), (2, 8192, 16, 64)],
+        help="BxTxHxD, bf16",
+    )
+    parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
+    parser.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args(argv)  # fmt: skip
+    if not torch.cuda.is_available():
+        print("needs CUDA", file=sys.stderr)
+        return 2
+    rows = sweep(args.shapes, args.warps, args.stages, args.reps)
+    heads = " | ".join("B{}xT{}xH{}xD{} (ms)".format(*s) for s in args.shapes)
+    print(f"\n{torch.cuda.get_device_name(0)}; * = current setting")
+    print(f"| kernel | setting | {heads} |")
+    print("|---|---|" + "---|" * len(args.shapes))
+    for kernel, setting, cells in rows:
+        print(f"| {kernel} | {setting} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
