@@ -2,8 +2,9 @@
 
     python benchmarks/kernel_configs.py                     # on one GPU, ~3-5 min
     python benchmarks/kernel_configs.py --warps 4 8 --stages 2 3 --shapes 8x2048x16x64
+    python benchmarks/kernel_configs.py --warps 4 --stages 3 --maxnreg 0 168  # register caps
 
-For each kernel and each (num_warps, num_stages), the op's fwd+bwd runs in bf16 at the LM
+For each kernel and each (num_warps, num_stages, maxnreg), the op's fwd+bwd runs in bf16 at the LM
 layers' shapes with only that kernel's setting changed, and torch.profiler gives that kernel's
 device time (mean over the calls). The current setting (the host code's `launch_config`) is
 marked with `*`; a setting that does not compile or launch (shared memory) says why. The
@@ -58,39 +59,54 @@ def _timed(run: Callable, kernel_names: tuple[str, ...], reps: int) -> str:
     return f"{sum(t for name, t in times.items() if name in kernel_names):.3f}"
 
 
-def sweep(shapes, warps, stages, reps) -> list[tuple[str, str, list[str]]]:
+def _settings(warps, stages, maxnregs):
+    """(num_warps, num_stages, maxnreg or 0 for none) of the sweep."""
+    return [(nw, ns, mr) for nw in warps for ns in stages for mr in maxnregs]
+
+
+def _label(nw, ns, mr, current) -> str:
+    mark = "*" if (nw, ns, mr) == current else ""
+    return f"{mark}warps {nw} stages {ns}" + (f" maxnreg {mr}" if mr else "")
+
+
+def _with(cfg: dict, nw: int, ns: int, mr: int) -> dict:
+    """cfg with these launch options (maxnreg caps the registers per thread: more blocks fit on
+    an SM, at the price of spills; `python benchmarks/kernel_smem.py --ptx` shows both)."""
+    out = {k: v for k, v in cfg.items() if k != "maxnreg"} | {"num_warps": nw, "num_stages": ns}
+    return out | ({"maxnreg": mr} if mr else {})
+
+
+def sweep(shapes, warps, stages, maxnregs, reps) -> list[tuple[str, str, list[str]]]:
     """Rows (kernel, setting, time per shape) of every kernel and setting."""
     rows = []
     base_delta, base_swa = triton_chunk.launch_config, swa.launch_config
     delta_runs = [_delta_run(s) for s in shapes]
     swa_runs = [_swa_run(s) for s in shapes]
     for name in DELTA_KERNELS:
-        current = base_delta(torch.bfloat16, 64, 64)[name]
-        for nw in warps:
-            for ns in stages:
+        cur = base_delta(torch.bfloat16, 64, 64)[name]
+        current = (cur["num_warps"], cur["num_stages"], cur.get("maxnreg", 0))
+        for nw, ns, mr in _settings(warps, stages, maxnregs):
 
-                def patched(dtype, DK, DV, name=name, nw=nw, ns=ns):
-                    cfg = base_delta(dtype, DK, DV)
-                    return {**cfg, name: {**cfg[name], "num_warps": nw, "num_stages": ns}}
+            def patched(dtype, DK, DV, name=name, nw=nw, ns=ns, mr=mr):
+                cfg = base_delta(dtype, DK, DV)
+                return {**cfg, name: _with(cfg[name], nw, ns, mr)}
 
-                triton_chunk.launch_config = patched
-                mark = "*" if (nw, ns) == (current["num_warps"], current["num_stages"]) else ""
-                cells = [_timed(run, (f"{name}_kernel",), reps) for run in delta_runs]
-                rows.append((name, f"{mark}warps {nw} stages {ns}", cells))
-                print(rows[-1], flush=True)
-        triton_chunk.launch_config = base_delta
-    current = base_swa(torch.bfloat16, 64, 64)
-    for nw in warps:
-        for ns in stages:
-
-            def patched_swa(dtype, DK, DV, nw=nw, ns=ns):
-                return {**base_swa(dtype, DK, DV), "num_warps": nw, "num_stages": ns}
-
-            swa.launch_config = patched_swa
-            mark = "*" if (nw, ns) == (current["num_warps"], current["num_stages"]) else ""
-            cells = [_timed(run, SWA_KERNELS, reps) for run in swa_runs]
-            rows.append(("sliding window (3 kernels)", f"{mark}warps {nw} stages {ns}", cells))
+            triton_chunk.launch_config = patched
+            cells = [_timed(run, (f"{name}_kernel",), reps) for run in delta_runs]
+            rows.append((name, _label(nw, ns, mr, current), cells))
             print(rows[-1], flush=True)
+        triton_chunk.launch_config = base_delta
+    cur = base_swa(torch.bfloat16, 64, 64)
+    current = (cur["num_warps"], cur["num_stages"], cur.get("maxnreg", 0))
+    for nw, ns, mr in _settings(warps, stages, maxnregs):
+
+        def patched_swa(dtype, DK, DV, nw=nw, ns=ns, mr=mr):
+            return _with(base_swa(dtype, DK, DV), nw, ns, mr)
+
+        swa.launch_config = patched_swa
+        cells = [_timed(run, SWA_KERNELS, reps) for run in swa_runs]
+        rows.append(("sliding window (3 kernels)", _label(nw, ns, mr, current), cells))
+        print(rows[-1], flush=True)
     swa.launch_config = base_swa
     return rows
 
@@ -115,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warps", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument(
+        "--maxnreg", nargs="+", type=int, default=[0], help="register caps per thread (0: none)"
+    )
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args(argv)  # fmt: skip
     if not torch.cuda.is_available():
         print("needs CUDA", file=sys.stderr)
         return 2
-    rows = sweep(args.shapes, args.warps, args.stages, args.reps)
+    rows = sweep(args.shapes, args.warps, args.stages, args.maxnreg, args.reps)
     heads = " | ".join("B{}xT{}xH{}xD{} (ms)".format(*s) for s in args.shapes)
     print(f"\n{torch.cuda.get_device_name(0)}; * = current setting")
     print(f"| kernel | setting | {heads} |")

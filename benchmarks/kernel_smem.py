@@ -17,6 +17,7 @@ Prints a markdown table of bytes per block and exits 1 if a cell exceeds the lim
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -84,13 +85,40 @@ def ptx_counts(fn, constexprs: dict, ptr_types: dict, num_warps: int, num_stages
                capability: int = 90) -> dict[str, int]:  # fmt: skip
     """How often each pattern of PTX_COUNTS occurs in the PTX of `fn` (a full compile, ptxas
     included, still without a GPU): barriers and shared-memory traffic point at layout
-    conversions inside loops, the usual cost of a latency-bound kernel."""
+    conversions inside loops, the usual cost of a latency-bound kernel. Also "regs" (registers
+    per thread: 255 is the cap, and with num_warps * 32 threads it bounds the blocks per SM to
+    65536 / (regs * threads)) and "spill B" (bytes of spill stores per thread), from ptxas -v."""
     from triton.backends.compiler import GPUTarget
 
     src = kernel_source(fn, constexprs, ptr_types)
     options = dict(num_warps=num_warps, num_stages=num_stages)
     ptx = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options).asm["ptx"]
-    return {name: len(re.findall(pattern, ptx)) for name, pattern in PTX_COUNTS.items()}
+    counts = {name: len(re.findall(pattern, ptx)) for name, pattern in PTX_COUNTS.items()}
+    return counts | _ptxas_usage(ptx, capability)
+
+
+def _ptxas_usage(ptx: str, capability: int) -> dict[str, int]:
+    """{"regs": registers per thread, "spill B": spill-store bytes per thread} by Triton's
+    bundled ptxas (-1 each where it cannot be run)."""
+    import subprocess
+    import tempfile
+
+    arch = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(src, "w") as f:
+            f.write(ptx)
+        try:
+            ptxas = triton.knobs.nvidia.ptxas.path
+            res = subprocess.run([ptxas, f"-arch={arch}", "-v", src, "-o", out],
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+        except (AttributeError, OSError, subprocess.CalledProcessError):
+            return {"regs": -1, "spill B": -1}
+    log = res.stdout + res.stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores", log)
+    return {"regs": int(regs.group(1)) if regs else -1,
+            "spill B": int(spill.group(1)) if spill else -1}  # fmt: skip
 
 
 def _shared_after_allocation(src, target, opts) -> int:
@@ -177,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=HOPPER_LIMIT, help="bytes per block")
     parser.add_argument("--ptx", action="store_true",
                         help="instead: PTX counts per kernel (barriers, shared loads/stores, "
-                        "matmul instructions), feature flags off / on")  # fmt: skip
+                        "matmuls, registers, spills), feature flags off / on")  # fmt: skip
     args = parser.parse_args(argv)
     if args.ptx:
         return print_ptx_counts(args)
@@ -204,15 +232,16 @@ def main(argv: list[str] | None = None) -> int:
 def print_ptx_counts(args: argparse.Namespace) -> int:
     """A markdown table of `ptx_counts` per kernel, dtype and head dims: "off / on" cells."""
     print(f"triton {triton.__version__}, target sm_90; cells: feature flags off / on")
-    print("| kernel | dtype | K x V | " + " | ".join(PTX_COUNTS) + " |")
-    print("|---|---|---|" + "---|" * len(PTX_COUNTS))
+    names = [*PTX_COUNTS, "regs", "spill B"]
+    print("| kernel | dtype | K x V | " + " | ".join(names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
     for name in args.kernels:
         for dt in args.dtypes:
             for dims in args.dims:
                 DK, DV = (int(x) for x in dims.lower().split("x"))
                 builds = (kernel_build(name, DTYPES[dt], DK, DV, f) for f in (False, True))
                 off, on = (ptx_counts(*build) for build in builds)
-                cells = " | ".join(f"{off[k]} / {on[k]}" for k in PTX_COUNTS)
+                cells = " | ".join(f"{off[k]} / {on[k]}" for k in names)
                 print(f"| {name} | {dt} | {DK}x{DV} | {cells} |", flush=True)
     return 0
 
