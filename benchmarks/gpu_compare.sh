@@ -5,9 +5,11 @@
 #
 #   git worktree add --detach .base REV                       # locally, then carry .base
 #   source .device/setup.sh; bash benchmarks/gpu_compare.sh .base
+#   NEW_ENV=RLMEM_DELTA_GROUPS=auto bash benchmarks/gpu_compare.sh .   # one tree, two settings
 #
 # Both sides run this tree's benchmarks/kernels.py; only the rlmem package differs (BASE's
-# comes first on PYTHONPATH). Logs and JSON go to $OUT; the last lines are the table.
+# comes first on PYTHONPATH), and BASE_ENV / NEW_ENV (VAR=VALUE ...) set variables for one
+# side. Logs and JSON go to $OUT; the last lines are the table.
 set -u
 BASE=${1:?usage: bash benchmarks/gpu_compare.sh BASE_TREE}
 OUT=${OUT:-/tmp/rlmem-compare}
@@ -15,10 +17,14 @@ mkdir -p "$OUT"
 HERE=$(pwd)
 for side in base new; do
     tree=$HERE
-    [[ $side == base ]] && tree=$(cd "$BASE" && pwd)
-    echo "== $side: $tree"
-    PYTHONPATH="$tree:${PYTHONPATH:-}" timeout 300 python3 benchmarks/kernels.py profile \
-        --json "$OUT/profile-$side.json" > "$OUT/profile-$side.log" 2>&1
+    vars=${NEW_ENV:-}
+    if [[ $side == base ]]; then
+        tree=$(cd "$BASE" && pwd)
+        vars=${BASE_ENV:-}
+    fi
+    echo "== $side: $tree ${vars}"
+    env $vars PYTHONPATH="$tree:${PYTHONPATH:-}" timeout 300 python3 benchmarks/kernels.py \
+        profile --json "$OUT/profile-$side.json" > "$OUT/profile-$side.log" 2>&1
     echo "   exit $?"
 done
 

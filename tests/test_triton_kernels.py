@@ -142,6 +142,37 @@ def test_delta_rule_gradient_stops_at_reset_and_no_grad_path():
     assert_close("no-grad o (the fused recurrence, not the WY form)", o2, o, 1e-5)
 
 
+@pytest.mark.parametrize("groups", [2, 4])
+def test_delta_rule_split_into_groups_matches_reference(groups, monkeypatch):
+    """The recurrences split in time (`triton_groups`: per-group affine maps, a scan over the
+    groups, then every group from its entering state) give the reference results: outputs,
+    final state and every gradient, with an initial state and resets."""
+    monkeypatch.setenv("RLMEM_DELTA_GROUPS", str(groups))
+    gen = torch.Generator().manual_seed(10 + groups)
+    B, T, H, K, V = 2, 256, 1, 16, 32
+    q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, V), gen=gen)
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_()
+    h0 = _tensors((B, H, K, V), gen=gen)[0]
+    # Few resets, so that most groups carry their entering state through (a reset anywhere in
+    # a group zeroes its map's linear part): one on a group boundary, one inside a group.
+    resets = torch.zeros(B, T, dtype=torch.bool, device=DEVICE)
+    resets[0, 128] = resets[0, 150] = resets[1, 64] = True
+    inputs = (q, k, v, beta, h0)
+    o, ht = delta_rule_triton(
+        q, k, v, beta, initial_state=h0, resets=resets, scale=None, l2norm_qk=True,
+        output_final_state=True,
+    )  # fmt: skip
+    o_ref, ht_ref = delta_rule_recurrent(q, k, v, beta, h0, resets, None, True)
+    assert_close(f"{groups} groups o", o, o_ref, 1e-4)
+    assert_close(f"{groups} groups final_state", ht, ht_ref, 1e-4)
+    do = torch.randn(o.shape, generator=gen).to(DEVICE)
+    dht = torch.randn(ht.shape, generator=gen).to(DEVICE)
+    grads = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), inputs)
+    grads_ref = torch.autograd.grad((o_ref * do).sum() + (ht_ref * dht).sum(), inputs)
+    for name, g, g_ref in zip(["dq", "dk", "dv", "dbeta", "dh0"], grads, grads_ref):
+        assert_close(f"{groups} groups {name}", g, g_ref, 1e-4)
+
+
 def test_delta_rule_gradient_through_final_state_alone():
     """A loss on the final state only: the op's backward gets no output gradient (it does not
     ask autograd to zero-fill unused ones) and must still give every input's gradient."""
@@ -294,13 +325,18 @@ def test_custom_ops_pass_opcheck():
     no_grad = [x.detach() for x in (q, k, v, beta)]
     padded = torch.randn(B, T, H, 2 * K, generator=gen).to(DEVICE)[..., :K]  # strided rows
     cases = [
-        (chunk_mod.delta_rule_fwd, (padded, k, padded, beta, h0, seg, 0.25, True, True)),
+        (chunk_mod.delta_rule_fwd, (padded, k, padded, beta, h0, seg, 0.25, True, True, 1)),
         (swa_mod.sliding_window_fwd, (padded, k, padded, pk, pv, lo, W, 0.25)),
-        (chunk_mod.delta_rule_fwd, (q, k, v, beta, h0, seg, 0.25, True, True)),
-        (chunk_mod.delta_rule_fwd, (*no_grad, None, None, 0.25, False, False)),
+        (chunk_mod.delta_rule_fwd, (q, k, v, beta, h0, seg, 0.25, True, True, 1)),
+        (chunk_mod.delta_rule_fwd, (*no_grad, None, None, 0.25, False, False, 1)),
         (swa_mod.sliding_window_fwd, (q, k, v, pk, pv, lo, W, 0.25)),
         (swa_mod.sliding_window_fwd, (q, k, v, None, None, None, W, 0.25)),
     ]
+    # the recurrences split into 2 groups of one chunk (T = 2 x 64)
+    q2, k2, v2 = _tensors((B, 128, H, K), (B, 128, H, K), (B, 128, H, K), gen=gen)
+    beta2 = torch.rand(B, 128, H, generator=gen).to(DEVICE).requires_grad_()
+    seg2 = (torch.arange(128) >= 100).to(DEVICE, torch.int32)[None].contiguous()
+    cases.append((chunk_mod.delta_rule_fwd, (q2, k2, v2, beta2, h0, seg2, 0.25, True, True, 2)))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

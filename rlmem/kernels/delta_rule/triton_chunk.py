@@ -3,7 +3,9 @@
 Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence; on the
 WY form U = U0 - W S_n when a backward follows, see `_forward`).
 Backward: `bwd_state_kernel` (reverse recurrence of dS) then `bwd_chunk_kernel` (chunks in
-parallel). Four launches in all, whatever the sequence length.
+parallel). Four launches in all, whatever the sequence length; two more, and a few small
+matmuls, when the recurrences are split in time (`triton_groups`, opt-in by
+RLMEM_DELTA_GROUPS).
 
 Both directions are torch.library custom ops (`rlmem::delta_rule_fwd`, `rlmem::delta_rule_bwd`)
 joined by `register_autograd`: torch.compile traces a model through them without a graph
@@ -22,6 +24,15 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
     wy_inverse_kernel,
 )
 from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, dense, dot_dtype
+from rlmem.kernels.delta_rule.triton_groups import (
+    augmented_start,
+    grouped,
+    grouped_segments,
+    groups_for,
+    pad_columns,
+    scan_backward,
+    scan_forward,
+)
 
 SUB = 16  # rows of a diagonal block of the triangular inverse (tl.dot needs >= 16)
 CHUNK = 4 * SUB
@@ -57,7 +68,7 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     }
 
 
-def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
+def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     """q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] contiguous; h0 [B, H, K, V] float32
     or None; seg int32 [B, T] or None. Returns o, the final state and what the backward reads:
     Tinv, the chunk states, W and the normalised q, k (all but Tinv [0] unless store_h; qn, kn
@@ -66,10 +77,21 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     With a backward to follow (store_h) the recurrence runs on the WY form (U = U0 - W S_n,
     W, U0 and the normalised q, k written by `wy_inverse_kernel`): a shorter dependent chain
     per chunk, and W, qn, kn serve the backward's recurrence as well. Without, it reads q, k, v
-    and Tinv directly, which moves less memory (KERNEL_NOTES.md, "The WY form")."""
+    and Tinv directly, which moves less memory (KERNEL_NOTES.md, "The WY form").
+
+    groups > 1 (with store_h only) splits every sequence's recurrence into that many groups of
+    chunks run side by side (`triton_groups`); Tinv and the chunk states are then stored in the
+    grouped order, which only `_backward` with the same groups reads."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    NT = triton.cdiv(T, CHUNK)
+    G = groups if store_h else 1
+    if G > 1 and T % (G * CHUNK):
+        raise ValueError(f"groups={G} needs T a multiple of {G} chunks of {CHUNK}, got T={T}")
+    if G > 1:  # from here on, B*G sequences of T/G tokens
+        q, k, v, beta = (grouped(x, G) for x in (q, k, v, beta))
+        seg = grouped_segments(seg, G)
+    Bg, Tg = q.shape[:2]
+    NT = triton.cdiv(Tg, CHUNK)
     cfg = launch_config(q.dtype, DK, DV)
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
@@ -80,19 +102,36 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
     u0 = torch.empty_like(v) if wy else v
     w_arg = w if wy else k
     qr, kr = (qn, kn) if wy and l2norm_qk else (q, k)  # what the recurrence reads
-    wy_inverse_kernel[(NT, B * H)](
-        q, k, v, beta, seg_arg, tinv, w_arg, u0, qr, kr, T, NT,
+    wy_inverse_kernel[(NT, Bg * H)](
+        q, k, v, beta, seg_arg, tinv, w_arg, u0, qr, kr, Tg, NT,
         H=H, DK=DK, DV=DV, WY=wy, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt,
         EPS=EPS, **cfg["wy_inverse"],
     )  # fmt: skip
-    fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), B * H)](
-        qr, kr, v, beta, tinv, w_arg, u0, seg_arg, h0 if h0 is not None else ht, o,
-        hs if store_h else o, ht, T, NT, scale,
+    h_start = h0
+    if G > 1:  # the state entering every group, from the groups' maps
+        maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
+        cfg_aug = launch_config(q.dtype, DK, DV + DK)["fwd"]
+        fwd_kernel[(triton.cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
+            qr, kr, v, beta, tinv, w, pad_columns(u0, DK), seg_arg,
+            augmented_start(Bg, H, DK, DV, q.device), o, o, maps, Tg, NT, scale,
+            H=H, DK=DK, DV=DV + DK, C=CHUNK, WY=True, L2NORM=False, HAS_RESETS=has_resets,
+            HAS_H0=True, STORE_H=False, STORE_O=False, DOT_DT=dot_dt, EPS=EPS, **cfg_aug,
+        )  # fmt: skip
+        h_start, final = scan_forward(maps, h0, B, G, DV)
+    fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), Bg * H)](
+        qr, kr, v, beta, tinv, w_arg, u0, seg_arg, h_start if h_start is not None else ht, o,
+        hs if store_h else o, ht, Tg, NT, scale,
         H=H, DK=DK, DV=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
-        HAS_RESETS=has_resets, HAS_H0=h0 is not None, STORE_H=store_h, DOT_DT=dot_dt, EPS=EPS,
-        **cfg["fwd"],
+        HAS_RESETS=has_resets, HAS_H0=h_start is not None, STORE_H=store_h, STORE_O=True,
+        DOT_DT=dot_dt, EPS=EPS, **cfg["fwd"],
     )  # fmt: skip
-    return o, ht, tinv, hs, w, qn, kn
+    if G == 1:
+        return o, ht, tinv, hs, w, qn, kn
+    ungroup = lambda x: x.view(B, T, *x.shape[2:]) if x.numel() else x  # noqa: E731
+    return (
+        ungroup(o), final, tinv.view(B * H, -1, CHUNK, CHUNK), hs.view(B * H, -1, DK, DV),
+        ungroup(w), ungroup(qn), ungroup(kn),
+    )  # fmt: skip
 
 
 def _forward_outputs(q, v, store_h, l2norm_qk):
@@ -116,24 +155,47 @@ def _forward_outputs(q, v, store_h, l2norm_qk):
     )
 
 
-def _backward(q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk, need_dh0):
+def _backward(
+    q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk, need_dh0, groups=1
+):
     """Gradients for q, k, v, beta and (if need_dh0) the initial state; tinv, hs, w, qn, kn as
-    `_forward` returned them."""
+    `_forward` returned them with the same groups."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    NT = triton.cdiv(T, CHUNK)
+    G = groups
+    if G > 1:  # the forward's grouped layout: B*G sequences of T/G tokens
+        q, k, v, beta, w, qn, kn, do = (grouped(x, G) if x.numel() else x
+                                        for x in (q, k, v, beta, w, qn, kn, do))  # fmt: skip
+        seg = grouped_segments(seg, G)
+    Bg, Tg = q.shape[:2]
+    NT = triton.cdiv(Tg, CHUNK)
+    tinv, hs = tinv.view(Bg * H, NT, CHUNK, CHUNK), hs.view(Bg * H, NT, DK, DV)
     cfg = launch_config(q.dtype, DK, DV)
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
     seg_arg = seg if has_resets else q
+    qr, kr = (qn, kn) if l2norm_qk else (q, k)
     dhs = torch.empty_like(hs)
     du = torch.empty_like(do)  # dL/dU, passed from the recurrence to the chunk kernel
     dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if need_dh0 else None
-    bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), B * H)](
-        qn if l2norm_qk else q, kn if l2norm_qk else k, w, seg_arg, do,
-        dht if dht is not None else hs, dhs, dh0 if need_dh0 else hs, du, T, NT, scale,
-        H=H, DK=DK, DV=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=dht is not None,
-        STORE_DH0=need_dh0, DOT_DT=dot_dt, **cfg["bwd_state"],
+    d_end = dht
+    if G > 1:  # the gradient leaving every group, from the groups' maps
+        maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
+        cfg_aug = launch_config(q.dtype, DK, DV + DK)["bwd_state"]
+        bwd_state_kernel[(triton.cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
+            qr, kr, w, seg_arg, pad_columns(do, DK), augmented_start(Bg, H, DK, DV, q.device),
+            hs, maps, du, Tg, NT, scale,
+            H=H, DK=DK, DV=DV + DK, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=True,
+            STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt, **cfg_aug,
+        )  # fmt: skip
+        d_end, d_start = scan_backward(maps, dht, B, G, DV)
+        if need_dh0:
+            dh0 = d_start
+    bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), Bg * H)](
+        qr, kr, w, seg_arg, do, d_end if d_end is not None else hs, dhs,
+        dh0 if need_dh0 and G == 1 else hs, du, Tg, NT, scale,
+        H=H, DK=DK, DV=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=d_end is not None,
+        STORE_DH0=need_dh0 and G == 1, STORE_CHUNKS=True, DOT_DT=dot_dt, **cfg["bwd_state"],
     )  # fmt: skip
     dv = torch.empty_like(v)
     NV = triton.cdiv(DV, cfg["bwd_chunk"]["BV"])
@@ -143,13 +205,15 @@ def _backward(q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk
         dq, dk = (torch.empty(NV, *q.shape, device=q.device, dtype=torch.float32)
                   for _ in range(2))  # fmt: skip
         dbeta = torch.empty(NV, *beta.shape, device=q.device, dtype=torch.float32)
-    bwd_chunk_kernel[(NT, B * H, NV)](
-        q, k, v, beta, seg_arg, tinv, hs, dhs, do, du, dq, dk, dv, dbeta, T, NT, scale,
+    bwd_chunk_kernel[(NT, Bg * H, NV)](
+        q, k, v, beta, seg_arg, tinv, hs, dhs, do, du, dq, dk, dv, dbeta, Tg, NT, scale,
         H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
         SPLIT_V=NV > 1, DOT_DT=dot_dt, EPS=EPS, **cfg["bwd_chunk"],
     )  # fmt: skip
     if NV > 1:
         dq, dk, dbeta = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dbeta.sum(0).to(beta.dtype)
+    if G > 1:
+        dq, dk, dv, dbeta = (x.reshape(B, T, *x.shape[2:]) for x in (dq, dk, dv, dbeta))
     return dq, dk, dv, dbeta, dh0
 
 
@@ -164,17 +228,18 @@ def delta_rule_fwd(
     scale: float,
     l2norm_qk: bool,
     store_h: bool,
+    groups: int,
 ) -> tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     """(o, final state, Tinv, chunk states, W, qn, kn) of `_forward`: all after the final
     state are what the backward reads (the states [0] unless store_h)."""
     q, k, v, beta, h0, seg = dense(q, k, v, beta, h0, seg)
-    return _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h)
+    return _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups)
 
 
 @delta_rule_fwd.register_fake
-def _delta_rule_fwd_fake(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h):
+def _delta_rule_fwd_fake(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups):
     return _forward_outputs(q, v, store_h, l2norm_qk)
 
 
@@ -195,10 +260,11 @@ def delta_rule_bwd(
     scale: float,
     l2norm_qk: bool,
     need_dh0: bool,
+    groups: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk, dv, dbeta and dh0 ([0] unless need_dh0) of `_backward`."""
     saved = dense(q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht)
-    dq, dk, dv, dbeta, dh0 = _backward(*saved, scale, l2norm_qk, need_dh0)
+    dq, dk, dv, dbeta, dh0 = _backward(*saved, scale, l2norm_qk, need_dh0, groups)
     return dq, dk, dv, dbeta, dh0 if need_dh0 else _no_dh0(q)
 
 
@@ -208,7 +274,7 @@ def _no_dh0(q: torch.Tensor) -> torch.Tensor:
 
 @delta_rule_bwd.register_fake
 def _delta_rule_bwd_fake(
-    q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk, need_dh0
+    q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk, need_dh0, groups
 ):
     B, H, DK, DV = q.shape[0], q.shape[2], q.shape[3], v.shape[3]
     f32 = dict(device=q.device, dtype=torch.float32)
@@ -223,10 +289,11 @@ def _delta_rule_bwd_fake(
 
 
 def _delta_rule_setup_context(ctx, inputs, output):
-    q, k, v, beta, h0, seg, scale, l2norm_qk, store_h = inputs
+    q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups = inputs
     _o, _ht, tinv, hs, w, qn, kn = output
     ctx.save_for_backward(q, k, v, beta, seg, tinv, hs, w, qn, kn)
     ctx.scale, ctx.l2norm_qk, ctx.has_h0, ctx.store_h = scale, l2norm_qk, h0 is not None, store_h
+    ctx.groups = groups
     # Only o and the final state carry gradients: none are made (zero-filled) for the saved
     # outputs, nor for an output the loss does not use.
     ctx.mark_non_differentiable(tinv, hs, w, qn, kn)
@@ -240,8 +307,10 @@ def _delta_rule_backward(ctx, do, dht, *_saved_outputs):
     need_dh0 = ctx.has_h0 and ctx.needs_input_grad[4]
     if do is None:  # only the final state was used: o's gradient is zero
         do = torch.zeros_like(saved[2])  # o is shaped like v
-    dq, dk, dv, dbeta, dh0 = delta_rule_bwd(*saved, do, dht, ctx.scale, ctx.l2norm_qk, need_dh0)
-    return dq, dk, dv, dbeta, (dh0 if need_dh0 else None), None, None, None, None
+    dq, dk, dv, dbeta, dh0 = delta_rule_bwd(
+        *saved, do, dht, ctx.scale, ctx.l2norm_qk, need_dh0, ctx.groups
+    )
+    return dq, dk, dv, dbeta, (dh0 if need_dh0 else None), None, None, None, None, None
 
 
 delta_rule_fwd.register_autograd(_delta_rule_backward, setup_context=_delta_rule_setup_context)
@@ -283,5 +352,6 @@ def delta_rule_triton(
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, beta, h0)
     )
-    o, ht, *_ = delta_rule_fwd(q, k, v, beta, h0, seg, scale, l2norm_qk, needs_grad)
+    groups = groups_for(q.shape[0], q.shape[2], q.shape[1], CHUNK, q.device) if needs_grad else 1
+    o, ht, *_ = delta_rule_fwd(q, k, v, beta, h0, seg, scale, l2norm_qk, needs_grad, groups)
     return o, (ht if output_final_state else None)

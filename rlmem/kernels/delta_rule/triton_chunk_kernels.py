@@ -334,6 +334,7 @@ def fwd_kernel(
     HAS_RESETS: tl.constexpr,
     HAS_H0: tl.constexpr,
     STORE_H: tl.constexpr,
+    STORE_O: tl.constexpr,
     DOT_DT: tl.constexpr,
     EPS: tl.constexpr,
 ):
@@ -342,8 +343,9 @@ def fwd_kernel(
     with WY: U = U0 - W S_n from `wy_inverse_kernel` (q, k come normalised; two dependent
     matrix products per chunk); else U = Tinv (beta (V - f K S_n)) straight from v, beta, Tinv
     (three, and q, k normalised here when L2NORM; less traffic, for forwards without a
-    backward). o and, when STORE_H, the state entering every chunk; the final state into
-    ht [B, H, K, V]. Grid (cdiv(V, BV), B*H)."""
+    backward). o (unless not STORE_O: the final state alone, for `_group_maps`) and, when
+    STORE_H, the state entering every chunk; the final state into ht [B, H, K, V].
+    Grid (cdiv(V, BV), B*H)."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
@@ -379,18 +381,21 @@ def fwd_kernel(
                 load_rows(v, b, h, t0, T, H, DV, c0, C, BV) - ks
             )
             u = mm(_load_tinv(tinv, i_bh, n, NT, C), x, DOT_DT)
-        qs = mm(qc, S, DOT_DT)
-        a = mm(qc, tl.trans(kc), DOT_DT)
+        if STORE_O:
+            qs = mm(qc, S, DOT_DT)
+            a = mm(qc, tl.trans(kc), DOT_DT)
+            if HAS_RESETS:
+                a = tl.where(causal & same, a, 0.0)
+                oc = scale * (f[:, None] * qs + mm(a, u, DOT_DT))
+            else:
+                a = tl.where(causal, a, 0.0)
+                oc = scale * (qs + mm(a, u, DOT_DT))
+            o_offs, o_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
+            tl.store(o + o_offs, oc.to(o.dtype.element_ty), mask=o_mask)
         if HAS_RESETS:
-            a = tl.where(causal & same, a, 0.0)
-            oc = scale * (f[:, None] * qs + mm(a, u, DOT_DT))
             S = keep * S + mm(tl.trans(kc), g[:, None] * u, DOT_DT)
         else:
-            a = tl.where(causal, a, 0.0)
-            oc = scale * (qs + mm(a, u, DOT_DT))
             S = S + mm(tl.trans(kc), u, DOT_DT)
-        o_offs, o_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
-        tl.store(o + o_offs, oc.to(o.dtype.element_ty), mask=o_mask)
     tl.store(ht + s_offs, S, mask=s_mask)
 
 
@@ -417,12 +422,14 @@ def bwd_state_kernel(
     HAS_RESETS: tl.constexpr,
     HAS_DHT: tl.constexpr,
     STORE_DH0: tl.constexpr,
+    STORE_CHUNKS: tl.constexpr,
     DOT_DT: tl.constexpr,
 ):
     """Backward of the chunk recurrence (q, k already normalised if they are to be):
     dhs[n] = dL/dS_{n+1} (the gradient reaching the state that leaves chunk n),
     dh0 = dL/dS_0, and du = dL/dU of every chunk (in do's dtype, the precision `bwd_chunk_kernel`
-    multiplies it in). Grid (cdiv(V, BV), B*H).
+    multiplies it in); dhs and du only when STORE_CHUNKS (else dh0 alone, for `_group_maps`).
+    Grid (cdiv(V, BV), B*H).
         dU = scale P^T dO + g K dS_{n+1},
         dS_n = scale Q^T (f dO) + keep dS_{n+1} - W^T dU   (W^T = (beta f K)^T Tinv^T)."""
     i_v = tl.program_id(0)
@@ -440,8 +447,9 @@ def bwd_state_kernel(
     for i in range(NT):
         n = NT - 1 - i
         t0 = n * C
-        h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
-        tl.store(dhs + h_offs, dS, mask=s_mask)
+        if STORE_CHUNKS:
+            h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
+            tl.store(dhs + h_offs, dS, mask=s_mask)
         qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
         kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
         wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK)
@@ -461,8 +469,9 @@ def bwd_state_kernel(
             at = tl.where(anticausal, at, 0.0)
             duc = scale * mm(at, doc, DOT_DT) + kds
             dS = scale * mm(tl.trans(qc), doc, DOT_DT) + dS - mm(tl.trans(wc), duc, DOT_DT)
-        u_offs, u_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
-        tl.store(du + u_offs, duc.to(du.dtype.element_ty), mask=u_mask)
+        if STORE_CHUNKS:
+            u_offs, u_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
+            tl.store(du + u_offs, duc.to(du.dtype.element_ty), mask=u_mask)
     if STORE_DH0:
         tl.store(dh0 + s_offs, dS, mask=s_mask)
 

@@ -1,0 +1,110 @@
+"""The chunk recurrences split in time: G groups of chunks per sequence run side by side.
+
+The recurrences of the chunked delta rule run one program per (b, h) along all NT chunks; with
+few rows (T=8192 B=2 H=16: 32 programs on 132 SMs) that dependent chain is the whole cost. Both
+recurrences are affine in the state, chunk by chunk:
+
+    forward   S_{n+1} = (keep I - K^T diag(g) W) S_n + K^T diag(g) U0
+    backward  dS_n    = (keep I - W^T diag(g) K) dS_{n+1} + scale (Q^T diag(f) dO - W^T P^T dO)
+
+so a group of chunks maps its entering state affinely to its leaving one. Split each sequence
+into G groups (the tensors viewed as [B*G, T/G, ...], segment ids restarted per group):
+
+    1. each group's map, by the unchanged kernels run on an augmented state [0 | I] whose
+       extra K columns carry no input (U0 or dO padded with zeros): they come out as the
+       map's linear part, the first V columns as its constant part;
+    2. the G maps composed in order on the host: the state entering every group (and the
+       final one), G small matrix products per (b, h);
+    3. the ordinary recurrence in every group from its entering state, all groups at once.
+
+The chain is then ~2 NT/G chunk steps instead of NT, on G times the programs. Used only when
+asked for (`RLMEM_DELTA_GROUPS`: unset or 0 = off, an integer G, or "auto"): not timed on a GPU
+yet (KERNEL_NOTES.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def groups_for(B: int, H: int, T: int, chunk: int, device: torch.device) -> int:
+    """How many groups each sequence's recurrences are split into (1: not split), from
+    RLMEM_DELTA_GROUPS: off (unset, "0", "1"), an integer G (used when T is a multiple of
+    G chunks), or "auto" (the largest power of two with B*H*G rows at most the GPU's SMs and
+    at least 8 chunks per group)."""
+    setting = os.environ.get("RLMEM_DELTA_GROUPS", "0").strip().lower()
+    if setting in ("", "0", "1"):
+        return 1
+    if setting == "auto":
+        if device.type != "cuda":
+            return 1
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        G = 1
+        while sms >= B * H * G * 2 and T % (G * 2 * chunk) == 0 and T // (G * 2 * chunk) >= 8:
+            G *= 2
+        return G
+    try:
+        G = int(setting)
+    except ValueError:
+        raise ValueError(
+            f"RLMEM_DELTA_GROUPS must be 0, a positive integer or 'auto', got {setting!r}"
+        ) from None
+    return G if G > 1 and T % (G * chunk) == 0 else 1
+
+
+def grouped(x: torch.Tensor | None, G: int) -> torch.Tensor | None:
+    """[B, T, ...] viewed as [B*G, T/G, ...] (group g of sequence b is row b*G + g)."""
+    return None if x is None else x.view(x.shape[0] * G, x.shape[1] // G, *x.shape[2:])
+
+
+def grouped_segments(seg: torch.Tensor | None, G: int) -> torch.Tensor | None:
+    """Segment ids [B, T] (reset counts) as [B*G, T/G], restarted per group: 0 marks the
+    tokens that still see the state entering their group, as the kernels expect."""
+    if seg is None:
+        return None
+    B, T = seg.shape
+    Tg = T // G
+    before = torch.cat([seg.new_zeros(B, 1), seg[:, Tg - 1 : T - 1 : Tg]], dim=1)  # [B, G]
+    return (seg.view(B, G, Tg) - before[..., None]).reshape(B * G, Tg).contiguous()
+
+
+def augmented_start(rows: int, H: int, DK: int, DV: int, device) -> torch.Tensor:
+    """[rows, H, K, V+K] float32 state [0 | I]."""
+    start = torch.zeros(rows, H, DK, DV + DK, device=device, dtype=torch.float32)
+    start[..., DV:] = torch.eye(DK, device=device)
+    return start
+
+
+def pad_columns(x: torch.Tensor, extra: int) -> torch.Tensor:
+    """x [..., V] with `extra` zero columns appended (the map's linear columns get no input)."""
+    return torch.cat([x, x.new_zeros(*x.shape[:-1], extra)], dim=-1)
+
+
+def scan_forward(
+    maps: torch.Tensor, h0: torch.Tensor | None, B: int, G: int, DV: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """maps [B*G, H, K, V+K] = [c | A] (group g: S_out = A S_in + c). Returns the state
+    entering every group [B*G, H, K, V] and the final state [B, H, K, V]."""
+    maps = maps.view(B, G, *maps.shape[1:])
+    S = torch.zeros_like(maps[:, 0, ..., :DV]) if h0 is None else h0
+    entering = []
+    for g in range(G):
+        entering.append(S)
+        S = torch.matmul(maps[:, g, ..., DV:], S) + maps[:, g, ..., :DV]
+    return torch.stack(entering, dim=1).flatten(0, 1).contiguous(), S
+
+
+def scan_backward(
+    maps: torch.Tensor, dht: torch.Tensor | None, B: int, G: int, DV: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """maps [B*G, H, K, V+K] = [c | M] (group g: dS_in = M dS_out + c). Returns the gradient
+    reaching the state that leaves every group [B*G, H, K, V] and dL/dS_0 [B, H, K, V]."""
+    maps = maps.view(B, G, *maps.shape[1:])
+    dS = torch.zeros_like(maps[:, 0, ..., :DV]) if dht is None else dht
+    leaving = [None] * G
+    for g in reversed(range(G)):
+        leaving[g] = dS
+        dS = torch.matmul(maps[:, g, ..., DV:], dS) + maps[:, g, ..., :DV]
+    return torch.stack(leaving, dim=1).flatten(0, 1).contiguous(), dS
