@@ -165,6 +165,13 @@ def test_delta_rule_split_into_groups_matches_reference(groups, monkeypatch):
     o_ref, ht_ref = delta_rule_recurrent(q, k, v, beta, h0, resets, None, True)
     assert_close(f"{groups} groups o", o, o_ref, 1e-4)
     assert_close(f"{groups} groups final_state", ht, ht_ref, 1e-4)
+    with torch.no_grad():  # the fused form (no WY factors) split the same way
+        o_ng, ht_ng = delta_rule_triton(
+            q, k, v, beta, initial_state=h0, resets=resets, scale=None, l2norm_qk=True,
+            output_final_state=True,
+        )  # fmt: skip
+    assert_close(f"{groups} groups no-grad o", o_ng, o_ref, 1e-4)
+    assert_close(f"{groups} groups no-grad final_state", ht_ng, ht_ref, 1e-4)
     do = torch.randn(o.shape, generator=gen).to(DEVICE)
     dht = torch.randn(ht.shape, generator=gen).to(DEVICE)
     grads = torch.autograd.grad((o * do).sum() + (ht * dht).sum(), inputs)

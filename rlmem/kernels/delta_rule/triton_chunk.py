@@ -79,12 +79,12 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     per chunk, and W, qn, kn serve the backward's recurrence as well. Without, it reads q, k, v
     and Tinv directly, which moves less memory (KERNEL_NOTES.md, "The WY form").
 
-    groups > 1 (with store_h only) splits every sequence's recurrence into that many groups of
-    chunks run side by side (`triton_groups`); Tinv and the chunk states are then stored in the
-    grouped order, which only `_backward` with the same groups reads."""
+    groups > 1 splits every sequence's recurrence into that many groups of chunks run side by
+    side (`triton_groups`); Tinv and the chunk states are then stored in the grouped order,
+    which only `_backward` with the same groups reads."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    G = groups if store_h else 1
+    G = groups
     if G > 1 and T % (G * CHUNK):
         raise ValueError(f"groups={G} needs T a multiple of {G} chunks of {CHUNK}, got T={T}")
     if G > 1:  # from here on, B*G sequences of T/G tokens
@@ -111,11 +111,15 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     if G > 1:  # the state entering every group, from the groups' maps
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["fwd"]
+        # The extra columns get no input: U0 (WY form) or V (fused form) padded with zeros.
+        v_aug = v if wy else pad_columns(v, DK)
+        u0_aug = pad_columns(u0, DK) if wy else v_aug
         fwd_kernel[(triton.cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
-            qr, kr, v, beta, tinv, w, pad_columns(u0, DK), seg_arg,
+            qr, kr, v_aug, beta, tinv, w_arg, u0_aug, seg_arg,
             augmented_start(Bg, H, DK, DV, q.device), o, o, maps, Tg, NT, scale,
-            H=H, DK=DK, DV=DV + DK, C=CHUNK, WY=True, L2NORM=False, HAS_RESETS=has_resets,
-            HAS_H0=True, STORE_H=False, STORE_O=False, DOT_DT=dot_dt, EPS=EPS, **cfg_aug,
+            H=H, DK=DK, DV=DV + DK, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
+            HAS_RESETS=has_resets, HAS_H0=True, STORE_H=False, STORE_O=False, DOT_DT=dot_dt,
+            EPS=EPS, **cfg_aug,
         )  # fmt: skip
         h_start, final = scan_forward(maps, h0, B, G, DV)
     fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), Bg * H)](
@@ -352,6 +356,6 @@ def delta_rule_triton(
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, beta, h0)
     )
-    groups = groups_for(q.shape[0], q.shape[2], q.shape[1], CHUNK, q.device) if needs_grad else 1
+    groups = groups_for(q.shape[0], q.shape[2], q.shape[1], CHUNK, q.device)
     o, ht, *_ = delta_rule_fwd(q, k, v, beta, h0, seg, scale, l2norm_qk, needs_grad, groups)
     return o, (ht if output_final_state else None)
