@@ -344,6 +344,8 @@ def test_custom_ops_pass_opcheck():
     beta2 = torch.rand(B, 128, H, generator=gen).to(DEVICE).requires_grad_()
     seg2 = (torch.arange(128) >= 100).to(DEVICE, torch.int32)[None].contiguous()
     cases.append((chunk_mod.delta_rule_fwd, (q2, k2, v2, beta2, h0, seg2, 0.25, True, True, 2)))
+    no_grad2 = [x.detach() for x in (q2, k2, v2, beta2)]
+    cases.append((chunk_mod.delta_rule_fwd, (*no_grad2, None, None, 0.25, True, False, 2)))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

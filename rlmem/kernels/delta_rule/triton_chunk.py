@@ -131,11 +131,10 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     )  # fmt: skip
     if G == 1:
         return o, ht, tinv, hs, w, qn, kn
-    ungroup = lambda x: x.view(B, T, *x.shape[2:]) if x.numel() else x  # noqa: E731
-    return (
-        ungroup(o), final, tinv.view(B * H, -1, CHUNK, CHUNK), hs.view(B * H, -1, DK, DV),
-        ungroup(w), ungroup(qn), ungroup(kn),
-    )  # fmt: skip
+    # Back to the shapes of `_forward_outputs` (empty outputs stay [0]).
+    tokens = lambda x: x.view(B, T, *x.shape[2:]) if x.numel() else x  # noqa: E731
+    per_head = lambda x: x.view(B * H, -1, *x.shape[2:]) if x.numel() else x  # noqa: E731
+    return o.view(B, T, H, DV), final, per_head(tinv), per_head(hs), *map(tokens, (w, qn, kn))
 
 
 def _forward_outputs(q, v, store_h, l2norm_qk):
