@@ -34,13 +34,13 @@ def groups_for(B: int, H: int, T: int, chunk: int, device: torch.device) -> int:
     RLMEM_DELTA_GROUPS: off (unset, "0", "1"), an integer G (used when T is a multiple of
     G chunks), or "auto" (the largest power of two with B*H*G rows at most the GPU's SMs and
     at least 8 chunks per group)."""
-    setting = os.environ.get("RLMEM_DELTA_GROUPS", "0").strip().lower()
+    setting = _setting()
     if setting in ("", "0", "1"):
         return 1
     if setting == "auto":
         if device.type != "cuda":
             return 1
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
         G = 1
         while sms >= B * H * G * 2 and T % (G * 2 * chunk) == 0 and T // (G * 2 * chunk) >= 8:
             G *= 2
@@ -52,6 +52,16 @@ def groups_for(B: int, H: int, T: int, chunk: int, device: torch.device) -> int:
             f"RLMEM_DELTA_GROUPS must be 0, a positive integer or 'auto', got {setting!r}"
         ) from None
     return G if G > 1 and T % (G * chunk) == 0 else 1
+
+
+@torch.compiler.assume_constant_result  # torch.compile: a setting, not code to trace
+def _setting() -> str:
+    return os.environ.get("RLMEM_DELTA_GROUPS", "0").strip().lower()
+
+
+@torch.compiler.assume_constant_result
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def grouped(x: torch.Tensor | None, G: int) -> torch.Tensor | None:
