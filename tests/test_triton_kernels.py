@@ -180,6 +180,20 @@ def test_delta_rule_split_into_groups_matches_reference(groups, monkeypatch):
         assert_close(f"{groups} groups {name}", g, g_ref, 1e-4)
 
 
+def test_groups_setting(monkeypatch):
+    from rlmem.kernels.delta_rule.triton_groups import groups_for
+
+    cpu = torch.device("cpu")
+    for setting, T, want in (("", 512, 1), ("0", 512, 1), ("4", 512, 4), ("4", 448, 1),
+                             ("auto", 8192, 1)):  # fmt: skip
+        monkeypatch.setenv("RLMEM_DELTA_GROUPS", setting)
+        assert groups_for(2, 16, T, 64, cpu) == want, (setting, T)
+    for bad in ("-2", "many"):
+        monkeypatch.setenv("RLMEM_DELTA_GROUPS", bad)
+        with pytest.raises(ValueError, match="RLMEM_DELTA_GROUPS"):
+            groups_for(2, 16, 512, 64, cpu)
+
+
 def test_delta_rule_gradient_through_final_state_alone():
     """A loss on the final state only: the op's backward gets no output gradient (it does not
     ask autograd to zero-fill unused ones) and must still give every input's gradient."""

@@ -11,8 +11,8 @@ so a group of chunks maps its entering state affinely to its leaving one. Split 
 into G groups (the tensors viewed as [B*G, T/G, ...], segment ids restarted per group):
 
     1. each group's map, by the unchanged kernels run on an augmented state [0 | I] whose
-       extra K columns carry no input (U0 or dO padded with zeros): they come out as the
-       map's linear part, the first V columns as its constant part;
+       extra K columns carry no input (U0, V or dO padded with zero columns): they come out
+       as the map's linear part, the first V columns as its constant part;
     2. the G maps composed in order on the host: the state entering every group (and the
        final one), G small matrix products per (b, h);
     3. the ordinary recurrence in every group from its entering state, all groups at once.
@@ -45,13 +45,12 @@ def groups_for(B: int, H: int, T: int, chunk: int, device: torch.device) -> int:
         while sms >= B * H * G * 2 and T % (G * 2 * chunk) == 0 and T // (G * 2 * chunk) >= 8:
             G *= 2
         return G
-    try:
-        G = int(setting)
-    except ValueError:
+    if not setting.isdigit():
         raise ValueError(
             f"RLMEM_DELTA_GROUPS must be 0, a positive integer or 'auto', got {setting!r}"
-        ) from None
-    return G if G > 1 and T % (G * chunk) == 0 else 1
+        )
+    G = int(setting)
+    return G if T % (G * chunk) == 0 else 1
 
 
 @torch.compiler.assume_constant_result  # torch.compile: a setting, not code to trace
