@@ -88,20 +88,18 @@ def test_delta_rule_matches_loop_reference(case):
     resets = None if forced is None else _resets(B, T, gen, forced).to(DEVICE)
     inputs = [x for x in (q, k, v, beta, h0) if x is not None]
 
-    o, ht = delta_rule_triton(
+    run = lambda: delta_rule_triton(  # noqa: E731
         q, k, v, beta, initial_state=h0, resets=resets, scale=scale, l2norm_qk=l2,
         output_final_state=True,
     )  # fmt: skip
+    o, ht = run()
     ref_in = [x.float() for x in (q, k, v, beta)]
     o_ref, ht_ref = delta_rule_recurrent(*ref_in, h0, resets, scale, l2)
     assert o.dtype == v.dtype and ht.dtype == torch.float32
     assert_close(f"{case} o", o, o_ref, tol)
     assert_close(f"{case} final_state", ht, ht_ref, tol)
     with torch.no_grad():  # without a backward to follow, the recurrence skips the WY form
-        o_ng, ht_ng = delta_rule_triton(
-            q, k, v, beta, initial_state=h0, resets=resets, scale=scale, l2norm_qk=l2,
-            output_final_state=True,
-        )  # fmt: skip
+        o_ng, ht_ng = run()
     assert_close(f"{case} no-grad o", o_ng, o_ref, tol)
     assert_close(f"{case} no-grad final_state", ht_ng, ht_ref, tol)
 
@@ -158,18 +156,16 @@ def test_delta_rule_split_into_groups_matches_reference(groups, monkeypatch):
     resets = torch.zeros(B, T, dtype=torch.bool, device=DEVICE)
     resets[0, 128] = resets[0, 150] = resets[1, 64] = True
     inputs = (q, k, v, beta, h0)
-    o, ht = delta_rule_triton(
+    run = lambda: delta_rule_triton(  # noqa: E731
         q, k, v, beta, initial_state=h0, resets=resets, scale=None, l2norm_qk=True,
         output_final_state=True,
     )  # fmt: skip
+    o, ht = run()
     o_ref, ht_ref = delta_rule_recurrent(q, k, v, beta, h0, resets, None, True)
     assert_close(f"{groups} groups o", o, o_ref, 1e-4)
     assert_close(f"{groups} groups final_state", ht, ht_ref, 1e-4)
     with torch.no_grad():  # the fused form (no WY factors) split the same way
-        o_ng, ht_ng = delta_rule_triton(
-            q, k, v, beta, initial_state=h0, resets=resets, scale=None, l2norm_qk=True,
-            output_final_state=True,
-        )  # fmt: skip
+        o_ng, ht_ng = run()
     assert_close(f"{groups} groups no-grad o", o_ng, o_ref, 1e-4)
     assert_close(f"{groups} groups no-grad final_state", ht_ng, ht_ref, 1e-4)
     do = torch.randn(o.shape, generator=gen).to(DEVICE)

@@ -180,7 +180,9 @@ def _backward(
     qr, kr = (qn, kn) if l2norm_qk else (q, k)
     dhs = torch.empty_like(hs)
     du = torch.empty_like(do)  # dL/dU, passed from the recurrence to the chunk kernel
-    dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if need_dh0 else None
+    # dL/dS_0: from the recurrence's last step, or (split in time) from the scan of the groups
+    store_dh0 = need_dh0 and G == 1
+    dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if store_dh0 else None
     d_end = dht
     if G > 1:  # the gradient leaving every group, from the groups' maps
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
@@ -192,13 +194,12 @@ def _backward(
             STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt, **cfg_aug,
         )  # fmt: skip
         d_end, d_start = scan_backward(maps, dht, B, G, DV)
-        if need_dh0:
-            dh0 = d_start
+        dh0 = d_start if need_dh0 else None
     bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), Bg * H)](
         qr, kr, w, seg_arg, do, d_end if d_end is not None else hs, dhs,
-        dh0 if need_dh0 and G == 1 else hs, du, Tg, NT, scale,
+        dh0 if store_dh0 else hs, du, Tg, NT, scale,
         H=H, DK=DK, DV=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=d_end is not None,
-        STORE_DH0=need_dh0 and G == 1, STORE_CHUNKS=True, DOT_DT=dot_dt, **cfg["bwd_state"],
+        STORE_DH0=store_dh0, STORE_CHUNKS=True, DOT_DT=dot_dt, **cfg["bwd_state"],
     )  # fmt: skip
     dv = torch.empty_like(v)
     NV = triton.cdiv(DV, cfg["bwd_chunk"]["BV"])

@@ -63,9 +63,9 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def grouped(x: torch.Tensor | None, G: int) -> torch.Tensor | None:
+def grouped(x: torch.Tensor, G: int) -> torch.Tensor:
     """[B, T, ...] viewed as [B*G, T/G, ...] (group g of sequence b is row b*G + g)."""
-    return None if x is None else x.view(x.shape[0] * G, x.shape[1] // G, *x.shape[2:])
+    return x.view(x.shape[0] * G, x.shape[1] // G, *x.shape[2:])
 
 
 def grouped_segments(seg: torch.Tensor | None, G: int) -> torch.Tensor | None:
