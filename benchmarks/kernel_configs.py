@@ -18,36 +18,19 @@ import sys
 from collections.abc import Callable
 
 import torch
-from kernels import _delta_inputs, _device_times, fwd_bwd
+from kernels import _device_times, fwd_bwd, lm_layer_ops
 
 from rlmem.kernels.delta_rule import triton_chunk
 from rlmem.kernels.sliding_window import triton as swa
-from rlmem.kernels.sliding_window.triton import sliding_window_attention_triton
 
 DELTA_KERNELS = ("wy_inverse", "fwd", "bwd_state", "bwd_chunk")
 SWA_KERNELS = ("swa_fwd_kernel", "swa_bwd_dkdv_kernel", "swa_bwd_dq_kernel")
 
 
-def _delta_run(shape):
-    B, T, H, D = shape
-    q, k, v, beta, _, _ = _delta_inputs(B, T, H, D, D, torch.bfloat16, h0=False)
-    leaves = [x.requires_grad_() for x in (q, k, v, beta)]
-    op = lambda: triton_chunk.delta_rule_triton(  # noqa: E731
-        q, k, v, beta, initial_state=None, resets=None, scale=None, l2norm_qk=True,
-        output_final_state=False,
-    )  # fmt: skip
-    return fwd_bwd(op, leaves)
-
-
-def _swa_run(shape):
-    B, T, H, D = shape
-    q, k, v, _, _, _ = _delta_inputs(B, T, H, D, D, torch.bfloat16, h0=False)
-    leaves = [x.requires_grad_() for x in (q, k, v)]
-    op = lambda: sliding_window_attention_triton(  # noqa: E731
-        q, k, v, window=64, resets=None, prefix_k=None, prefix_v=None, prefix_len=None,
-        scale=None,
-    )  # fmt: skip
-    return fwd_bwd(op, leaves)
+def _runs(shape):
+    """fwd+bwd of the delta rule and of the sliding window at one layer shape, bf16."""
+    delta, swa_op, leaves = lm_layer_ops(*shape)
+    return fwd_bwd(delta(True), leaves), fwd_bwd(swa_op, leaves[:3])
 
 
 def _timed(run: Callable, kernel_names: tuple[str, ...], reps: int) -> str:
@@ -80,8 +63,7 @@ def sweep(shapes, warps, stages, maxnregs, reps) -> list[tuple[str, str, list[st
     """Rows (kernel, setting, time per shape) of every kernel and setting."""
     rows = []
     base_delta, base_swa = triton_chunk.launch_config, swa.launch_config
-    delta_runs = [_delta_run(s) for s in shapes]
-    swa_runs = [_swa_run(s) for s in shapes]
+    delta_runs, swa_runs = zip(*(_runs(s) for s in shapes))
     for name in DELTA_KERNELS:
         cur = base_delta(torch.bfloat16, 64, 64)[name]
         current = (cur["num_warps"], cur["num_stages"], cur.get("maxnreg", 0))

@@ -351,12 +351,11 @@ def run_bench(only: list[str]) -> int:
 PROFILE_SHAPES = [(8, 2048, 16, 64), (2, 8192, 16, 64), (64, 256, 4, 64)]
 
 
-def _profile_cases(B, T, H, D):
-    """name -> (op, leaves or None for a forward without autograd) of the profiled runs at
-    one shape, bf16."""
+def lm_layer_ops(B, T, H, D):
+    """(delta(l2norm_qk) -> op, sliding-window op (window 64), leaves [q, k, v, beta]) on one
+    set of bf16 inputs of one layer's shape; the ops take no arguments."""
     q, k, v, beta, _, _ = _delta_inputs(B, T, H, D, D, torch.bfloat16, h0=False)
     leaves = [x.requires_grad_() for x in (q, k, v, beta)]
-    shape = f"B{B} T{T} H{H} D{D}"
 
     def delta(l2norm_qk):
         return lambda: delta_rule_triton(
@@ -370,6 +369,14 @@ def _profile_cases(B, T, H, D):
             scale=None,
         )  # fmt: skip
 
+    return delta, swa, leaves
+
+
+def _profile_cases(B, T, H, D):
+    """name -> (op, leaves or None for a forward without autograd) of the profiled runs at
+    one shape, bf16."""
+    delta, swa, leaves = lm_layer_ops(B, T, H, D)
+    shape = f"B{B} T{T} H{H} D{D}"
     return {
         f"delta_rule fwd+bwd {shape}": (delta(True), leaves),
         f"delta_rule fwd (no grad) {shape}": (delta(True), None),
