@@ -3,6 +3,7 @@
     python benchmarks/kernel_configs.py                     # on one GPU, ~3-5 min
     python benchmarks/kernel_configs.py --warps 4 8 --stages 2 3 --shapes 8x2048x16x64
     python benchmarks/kernel_configs.py --warps 4 --stages 3 --maxnreg 0 168  # register caps
+    python benchmarks/kernel_configs.py --kernels wy_inverse bwd_chunk      # some kernels only
 
 For each kernel and each (num_warps, num_stages, maxnreg), the op's fwd+bwd runs in bf16 at the LM
 layers' shapes with only that kernel's setting changed, and torch.profiler gives that kernel's
@@ -59,12 +60,13 @@ def _with(cfg: dict, nw: int, ns: int, mr: int) -> dict:
     return out | ({"maxnreg": mr} if mr else {})
 
 
-def sweep(shapes, warps, stages, maxnregs, reps) -> list[tuple[str, str, list[str]]]:
-    """Rows (kernel, setting, time per shape) of every kernel and setting."""
+def sweep(shapes, warps, stages, maxnregs, reps, kernels) -> list[tuple[str, str, list[str]]]:
+    """Rows (kernel, setting, time per shape) of every kernel in `kernels` (names of
+    DELTA_KERNELS, "swa" for the sliding window's) and setting."""
     rows = []
     base_delta, base_swa = triton_chunk.launch_config, swa.launch_config
     delta_runs, swa_runs = zip(*(_runs(s) for s in shapes))
-    for name in DELTA_KERNELS:
+    for name in (n for n in DELTA_KERNELS if n in kernels):
         cur = base_delta(torch.bfloat16, 64, 64)[name]
         current = (cur["num_warps"], cur["num_stages"], cur.get("maxnreg", 0))
         for nw, ns, mr in _settings(warps, stages, maxnregs):
@@ -78,6 +80,8 @@ def sweep(shapes, warps, stages, maxnregs, reps) -> list[tuple[str, str, list[st
             rows.append((name, _label(nw, ns, mr, current), cells))
             print(rows[-1], flush=True)
         triton_chunk.launch_config = base_delta
+    if "swa" not in kernels:
+        return rows
     cur = base_swa(torch.bfloat16, 64, 64)
     current = (cur["num_warps"], cur["num_stages"], cur.get("maxnreg", 0))
     for nw, ns, mr in _settings(warps, stages, maxnregs):
@@ -116,12 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--maxnreg", nargs="+", type=int, default=[0], help="register caps per thread (0: none)"
     )
+    parser.add_argument(
+        "--kernels",
+        nargs="+",
+        choices=[*DELTA_KERNELS, "swa"],
+        default=[*DELTA_KERNELS, "swa"],
+        help="which kernels to sweep (swa: the sliding window's three)",
+    )
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args(argv)  # fmt: skip
     if not torch.cuda.is_available():
         print("needs CUDA", file=sys.stderr)
         return 2
-    rows = sweep(args.shapes, args.warps, args.stages, args.maxnreg, args.reps)
+    rows = sweep(args.shapes, args.warps, args.stages, args.maxnreg, args.reps, args.kernels)
     heads = " | ".join("B{}xT{}xH{}xD{} (ms)".format(*s) for s in args.shapes)
     print(f"\n{torch.cuda.get_device_name(0)}; * = current setting")
     print(f"| kernel | setting | {heads} |")

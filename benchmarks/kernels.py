@@ -12,6 +12,7 @@ failure; `bench` prints a table of medians (ms) with the ratio peer / ours (> 1:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -61,18 +62,28 @@ def _grads(out, inputs, seed=1):
     return torch.autograd.grad(loss, [x for x in inputs if x is not None])
 
 
-def check_delta(dtype, tol, K=64, V=64, T=1000, B=2, H=4):
+def check_delta(dtype, tol, K=64, V=64, T=1000, B=2, H=4, groups=None):
+    """The Triton op against the fp32 reference, with resets and an initial state; `groups`
+    (a RLMEM_DELTA_GROUPS value) splits the recurrences in time for this check."""
     q, k, v, beta, s0, r = _delta_inputs(B, T, H, K, V, dtype, resets_p=0.01)
     leaves = [x.requires_grad_() for x in (q, k, v, beta, s0)]
-    o, ht = delta_rule_triton(
-        q, k, v, beta, initial_state=s0, resets=r, scale=None, l2norm_qk=True,
-        output_final_state=True,
-    )  # fmt: skip
+    saved = os.environ.get("RLMEM_DELTA_GROUPS")
+    os.environ["RLMEM_DELTA_GROUPS"] = groups or "0"
+    try:
+        o, ht = delta_rule_triton(
+            q, k, v, beta, initial_state=s0, resets=r, scale=None, l2norm_qk=True,
+            output_final_state=True,
+        )  # fmt: skip
+        gs = _grads((o, ht), leaves)
+    finally:
+        if saved is None:
+            os.environ.pop("RLMEM_DELTA_GROUPS")
+        else:
+            os.environ["RLMEM_DELTA_GROUPS"] = saved
     ref = delta_rule_chunked(*(x.float() for x in (q, k, v, beta)), s0, r, None, True)
-    tag = f"delta {str(dtype)[6:]} K{K} V{V} T{T} resets"
+    tag = f"delta {str(dtype)[6:]} K{K} V{V} T{T} resets" + (f" groups {groups}" if groups else "")
     report(f"{tag} o", rel(o, ref[0]), tol)
     report(f"{tag} final", rel(ht, ref[1]), tol)
-    gs = _grads((o, ht), leaves)
     gr = _grads(ref, leaves)
     for n, a, b in zip(["dq", "dk", "dv", "dbeta", "dh0"], gs, gr):
         report(f"{tag} {n}", rel(a, b), tol)
@@ -145,6 +156,9 @@ CHECKS = {
     "delta_bf16_K32_V96": lambda: check_delta(torch.bfloat16, 1e-2, K=32, V=96, T=300, B=1, H=2),
     "delta_fp32_K128_V64": lambda: check_delta(torch.float32, 1e-4, K=128, V=64, T=300, B=1, H=2),
     "delta_bf16_D128": lambda: check_delta(torch.bfloat16, 1e-2, K=128, V=128, T=300, B=1, H=2),
+    # T=2048 is 32 chunks: the recurrences split into 4 groups of 8 (triton_groups)
+    "delta_bf16_groups": lambda: check_delta(torch.bfloat16, 1e-2, T=2048, B=1, H=2, groups="4"),
+    "delta_fp32_groups": lambda: check_delta(torch.float32, 1e-4, T=2048, B=1, H=2, groups="4"),
     "delta_vs_fla": check_delta_vs_fla,
     "step": check_step,
     "swa_fp32": lambda: check_swa(torch.float32, 1e-4),
