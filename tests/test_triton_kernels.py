@@ -177,17 +177,30 @@ def test_delta_rule_split_into_groups_matches_reference(groups, monkeypatch):
 
 
 def test_groups_setting(monkeypatch):
-    from rlmem.kernels.delta_rule.triton_groups import groups_for
+    """RLMEM_DELTA_GROUPS: auto by default (split only when B*H rows leave SMs idle and each
+    group keeps 8 chunks; never on CPU), 0 off, G when T is a multiple of G chunks."""
+    from rlmem.kernels.delta_rule import triton_groups
 
-    cpu = torch.device("cpu")
-    for setting, T, want in (("", 512, 1), ("0", 512, 1), ("4", 512, 4), ("4", 448, 1),
-                             ("auto", 8192, 1)):  # fmt: skip
+    monkeypatch.setattr(triton_groups, "_sm_count", lambda index: 132)  # an H100 / H200
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.delenv("RLMEM_DELTA_GROUPS", raising=False)
+    assert triton_groups.groups_for(2, 16, 8192, 64, gpu) == 4  # 32 rows -> 128, 32 chunks each
+    assert triton_groups.groups_for(2, 16, 8192, 64, cpu) == 1
+    for setting, B, T, want in (
+        ("auto", 2, 8192, 4),
+        ("auto", 8, 2048, 1),  # 128 rows already fill the SMs
+        ("auto", 2, 1024, 2),  # 16 chunks: 4 groups would leave 4 chunks each
+        ("auto", 2, 1000, 1),  # not a whole number of chunks per group
+        ("0", 2, 8192, 1),
+        ("4", 8, 512, 4),
+        ("4", 8, 448, 1),
+    ):
         monkeypatch.setenv("RLMEM_DELTA_GROUPS", setting)
-        assert groups_for(2, 16, T, 64, cpu) == want, (setting, T)
+        assert triton_groups.groups_for(B, 16, T, 64, gpu) == want, (setting, B, T)
     for bad in ("-2", "many"):
         monkeypatch.setenv("RLMEM_DELTA_GROUPS", bad)
         with pytest.raises(ValueError, match="RLMEM_DELTA_GROUPS"):
-            groups_for(2, 16, 512, 64, cpu)
+            triton_groups.groups_for(2, 16, 512, 64, cpu)
 
 
 def test_delta_rule_gradient_through_final_state_alone():

@@ -54,12 +54,18 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     operands in shared memory, and each pipeline stage holds the chunk's 64 x K q and k tiles)
     would need up to 290 KiB: the recurrences then pipeline 2 stages instead of 3, and
     `bwd_chunk` splits V into 64-column blocks, one program each, whose partial dq, dk, dbeta
-    are summed on the host. Sizes per case: benchmarks/kernel_smem.py."""
+    are summed on the host. Sizes per case: benchmarks/kernel_smem.py.
+
+    `wy_inverse` with 16-bit heads up to 64 wide is capped at 168 registers per thread: 3 blocks
+    per SM instead of 2 for 28 bytes of spills, 0.223 -> 0.191 ms at the LM layer's shape
+    (H200, `benchmarks/kernel_configs.py`; KERNEL_NOTES.md, "Registers")."""
     BK = block_dim(DK)
     wide_fp32 = dtype == torch.float32 and BK > 64
     recurrence = dict(BK=BK, BV=_v_block(DV), num_warps=4, num_stages=2 if wide_fp32 else 3)
+    small_16bit = dtype != torch.float32 and BK <= 64 and block_dim(DV) <= 64
+    wy_regs = dict(maxnreg=168) if small_16bit else {}
     return {
-        "wy_inverse": dict(BK=BK, BV=block_dim(DV), BS=SUB, num_warps=4, num_stages=3),
+        "wy_inverse": dict(BK=BK, BV=block_dim(DV), BS=SUB, num_warps=4, num_stages=3, **wy_regs),
         "fwd": recurrence,
         "bwd_state": dict(recurrence),
         "bwd_chunk": dict(
