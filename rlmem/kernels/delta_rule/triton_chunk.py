@@ -4,8 +4,8 @@ Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recur
 WY form U = U0 - W S_n when a backward follows, see `_forward`).
 Backward: `bwd_state_kernel` (reverse recurrence of dS) then `bwd_chunk_kernel` (chunks in
 parallel). Four launches in all, whatever the sequence length; two more, and a few small
-matmuls, when the recurrences are split in time (`triton_groups`, opt-in by
-RLMEM_DELTA_GROUPS).
+matmuls, when the recurrences are split in time (`triton_groups`: with few (b, h) rows for
+the GPU's SMs, unless RLMEM_DELTA_GROUPS=0).
 
 Both directions are torch.library custom ops (`rlmem::delta_rule_fwd`, `rlmem::delta_rule_bwd`)
 joined by `register_autograd`: torch.compile traces a model through them without a graph
