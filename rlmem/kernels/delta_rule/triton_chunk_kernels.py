@@ -450,10 +450,10 @@ def bwd_state_kernel(
         if STORE_CHUNKS:
             h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
             tl.store(dhs + h_offs, dS, mask=s_mask)
-        qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
-        kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
-        wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK)
-        doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV)
+        qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
+        kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
+        wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
+        doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV).to(DOT_DT)
         at = mm(kc, tl.trans(qc), DOT_DT)
         kds = mm(kc, dS, DOT_DT)
         if HAS_RESETS:
@@ -540,12 +540,12 @@ def bwd_chunk_kernel(
         qc = qc * rq[:, None]
         kc = kc * rk[:, None]
     vc = load_rows(v, b, h, t0, T, H, DV, c0, C, BV)
-    doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV)
+    doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV).to(DOT_DT)
     bc = load_vec(beta, b, h, t0, T, H, C)
-    tm = _load_tinv(tinv, i_bh, i_n, NT, C)
+    tm = _load_tinv(tinv, i_bh, i_n, NT, C).to(DOT_DT)
     h_offs, h_mask = _state_offsets(i_bh, i_n, NT, DK, DV, c0, BK, BV)
-    S = tl.load(hs + h_offs, mask=h_mask, other=0.0)
-    dS = tl.load(dhs + h_offs, mask=h_mask, other=0.0)
+    S = tl.load(hs + h_offs, mask=h_mask, other=0.0).to(DOT_DT)
+    dS = tl.load(dhs + h_offs, mask=h_mask, other=0.0).to(DOT_DT)
     r = tl.arange(0, C)
     incl = r[:, None] >= r[None, :]
     strict = r[:, None] > r[None, :]
@@ -557,7 +557,7 @@ def bwd_chunk_kernel(
         xr = vc - f[:, None] * ks
     else:
         xr = vc - ks
-    u = mm(tm, bc[:, None] * xr, DOT_DT)
+    u = mm(tm, bc[:, None] * xr, DOT_DT).to(DOT_DT)
     dos = mm(doc, tl.trans(S), DOT_DT)
     if HAS_RESETS:
         dqc = scale * f[:, None] * dos
@@ -565,7 +565,7 @@ def bwd_chunk_kernel(
     else:
         dqc = scale * dos
         dkc = mm(u, tl.trans(dS), DOT_DT)
-    dp = tl.where(incl, scale * mm(doc, tl.trans(u), DOT_DT), 0.0)
+    dp = tl.where(incl, scale * mm(doc, tl.trans(u), DOT_DT), 0.0).to(DOT_DT)
     dqc += mm(dp, kc, DOT_DT)
     dkc += mm(tl.trans(dp), qc, DOT_DT)
     dy = mm(tl.trans(tm), load_rows(du, b, h, t0, T, H, DV, c0, C, BV), DOT_DT)
