@@ -67,37 +67,37 @@ def kernel_source(fn, constexprs: dict, ptr_types: dict):
     return ASTSource(fn, sig, constexprs, attrs)
 
 
-def shared_bytes(fn, constexprs: dict, ptr_types: dict, num_warps: int, num_stages: int,
-                 capability: int = 90) -> int:  # fmt: skip
-    """Bytes of shared memory of `fn` (see `kernel_source`) compiled for sm_<capability>."""
+def shared_bytes(fn, constexprs: dict, ptr_types: dict, options: dict, capability: int = 90) -> int:
+    """Bytes of shared memory of `fn` (see `kernel_source`) compiled for sm_<capability> with
+    launch `options` (num_warps, num_stages, maxnreg)."""
     from triton.backends.compiler import GPUTarget
 
     src = kernel_source(fn, constexprs, ptr_types)
     target = GPUTarget("cuda", capability, 32)
-    options = dict(num_warps=num_warps, num_stages=num_stages)
     try:
         return _shared_after_allocation(src, target, options)
     except (AttributeError, ImportError, TypeError):  # internals moved: full compile (slow)
         return triton.compile(src, target=target, options=options).metadata.shared
 
 
-def ptx_counts(fn, constexprs: dict, ptr_types: dict, num_warps: int, num_stages: int,
-               capability: int = 90) -> dict[str, int]:  # fmt: skip
+def ptx_counts(
+    fn, constexprs: dict, ptr_types: dict, options: dict, capability: int = 90
+) -> dict[str, int]:
     """How often each pattern of PTX_COUNTS occurs in the PTX of `fn` (a full compile, ptxas
     included, still without a GPU): barriers and shared-memory traffic point at layout
     conversions inside loops, the usual cost of a latency-bound kernel. Also "regs" (registers
     per thread: 255 is the cap, and with num_warps * 32 threads it bounds the blocks per SM to
-    65536 / (regs * threads)) and "spill B" (bytes of spill stores per thread), from ptxas -v."""
+    65536 / (regs * threads)) and "spill B" (bytes of spill stores per thread), from ptxas -v
+    (with the launch's maxnreg, as Triton passes it)."""
     from triton.backends.compiler import GPUTarget
 
     src = kernel_source(fn, constexprs, ptr_types)
-    options = dict(num_warps=num_warps, num_stages=num_stages)
     ptx = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options).asm["ptx"]
     counts = {name: len(re.findall(pattern, ptx)) for name, pattern in PTX_COUNTS.items()}
-    return counts | _ptxas_usage(ptx, capability)
+    return counts | _ptxas_usage(ptx, capability, options.get("maxnreg"))
 
 
-def _ptxas_usage(ptx: str, capability: int) -> dict[str, int]:
+def _ptxas_usage(ptx: str, capability: int, maxnreg: int | None = None) -> dict[str, int]:
     """{"regs": registers per thread, "spill B": spill-store bytes per thread} by Triton's
     bundled ptxas (-1 each where it cannot be run)."""
     import subprocess
@@ -110,7 +110,8 @@ def _ptxas_usage(ptx: str, capability: int) -> dict[str, int]:
             f.write(ptx)
         try:
             ptxas = triton.knobs.nvidia.ptxas.path
-            res = subprocess.run([ptxas, f"-arch={arch}", "-v", src, "-o", out],
+            cap = [f"--maxrregcount={maxnreg}"] if maxnreg else []
+            res = subprocess.run([ptxas, f"-arch={arch}", "-v", *cap, src, "-o", out],
                                  capture_output=True, text=True, check=True)  # fmt: skip
         except (AttributeError, OSError, subprocess.CalledProcessError):
             return {"regs": -1, "spill B": -1}
@@ -151,9 +152,11 @@ def _shared_after_allocation(src, target, opts) -> int:
     return module.get_int_attr("ttg.shared")
 
 
-def _split(cfg: dict) -> tuple[dict, int, int]:
-    cfg = dict(cfg)
-    return cfg, cfg.pop("num_warps"), cfg.pop("num_stages")
+def _split(cfg: dict) -> tuple[dict, dict]:
+    """A host `launch_config` entry as (constexprs, launch options)."""
+    names = ("num_warps", "num_stages", "maxnreg")
+    return ({k: v for k, v in cfg.items() if k not in names},
+            {k: v for k, v in cfg.items() if k in names})  # fmt: skip
 
 
 def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool, wy: bool) -> int:
@@ -164,7 +167,7 @@ def kernel_smem(name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool, wy
 def kernel_build(
     name: str, dtype: torch.dtype, DK: int, DV: int, flags: bool, wy: bool | None = None
 ) -> tuple:
-    """(fn, constexprs, pointer types, num_warps, num_stages) of kernel `name` (one of KERNELS)
+    """(fn, constexprs, pointer types, launch options) of kernel `name` (one of KERNELS)
     at the host code's settings, feature flags all on or all off; the delta rule's forward on
     its WY form or not (default: as the flags, since the host takes it when a backward
     follows)."""
@@ -177,16 +180,16 @@ def kernel_build(
     ptrs = {n: elem for n in _ROW_PTRS} | {"seg": "*i32", "lo": "*i32"}
     dot = dot_dtype(dtype)
     if name == "step":
-        cfg, nw, ns = _split(triton_step.launch_config(dtype, DK, DV))
+        cfg, opts = _split(triton_step.launch_config(dtype, DK, DV))
         consts = dict(DK=DK, DV=DV, L2NORM=flags, EPS=EPS, **cfg)
-        return triton_step.step_kernel, consts, ptrs, nw, ns
+        return triton_step.step_kernel, consts, ptrs, opts
     if name.startswith("swa_"):
-        cfg, nw, ns = _split(swa.launch_config(dtype, DK, DV))
+        cfg, opts = _split(swa.launch_config(dtype, DK, DV))
         fn = {"swa_fwd": swa_kernels.swa_fwd_kernel, "swa_dkdv": swa_kernels.swa_bwd_dkdv_kernel,
               "swa_dq": swa_kernels.swa_bwd_dq_kernel}[name]  # fmt: skip
         consts = dict(H=4, DK=DK, DV=DV, HAS_PREFIX=flags, HAS_LO=flags, DOT_DT=dot, **cfg)
-        return fn, consts, ptrs, nw, ns
-    cfg, nw, ns = _split(triton_chunk.launch_config(dtype, DK, DV)[name])
+        return fn, consts, ptrs, opts
+    cfg, opts = _split(triton_chunk.launch_config(dtype, DK, DV)[name])
     fn = getattr(triton_chunk_kernels, f"{name}_kernel")
     states = dict(HAS_H0=flags, STORE_H=flags, HAS_DHT=flags, STORE_DH0=flags,
                   WY=flags if wy is None else wy, STORE_O=True, STORE_CHUNKS=True)  # fmt: skip
@@ -194,7 +197,7 @@ def kernel_build(
     consts = dict(H=4, DK=DK, DV=DV, C=triton_chunk.CHUNK, L2NORM=flags, HAS_RESETS=flags,
                   SPLIT_V=split_v, DOT_DT=dot, EPS=EPS, **states, **cfg)  # fmt: skip
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
-    return fn, consts, ptrs, nw, ns
+    return fn, consts, ptrs, opts
 
 
 def main(argv: list[str] | None = None) -> int:
