@@ -80,6 +80,23 @@ def test_forward_equals_step_loop(name, opts):
 
 
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
+def test_fresh_state_and_no_resets_given_as_none(name, opts):
+    """forward(x) (state and resets None: a language model's batch, for which some mixers skip
+    the initial state, the KV prefix and the reset masks) gives what the explicit initial state
+    and all-False resets give: outputs, state and input gradients."""
+    core = _core(name, opts)
+    x = torch.randn(B, T, D, requires_grad=True)
+    y, final = core(x)
+    y_explicit, final_explicit = core(x, core.initial_state(B), torch.zeros(B, T, dtype=torch.bool))
+    assert_close("y", y, y_explicit)
+    for i, (a, b) in enumerate(zip(tree_leaves(final), tree_leaves(final_explicit), strict=True)):
+        assert_close(f"state leaf {i}", a, b)
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    (grad_explicit,) = torch.autograd.grad(y_explicit.square().sum(), x)
+    assert_close("dx", grad, grad_explicit)
+
+
+@pytest.mark.parametrize("name,opts", CASES, ids=IDS)
 def test_split_in_two_equals_whole(name, opts):
     core = _core(name, opts)
     x, resets, state = torch.randn(B, T, D), random_resets(B, T), _warm_state(core)

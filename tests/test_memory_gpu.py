@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import assert_close, random_resets
 
-from rlmem.memory import CORES, make_core
+from rlmem.memory import CORES, make_core, tree_leaves
 
 pytestmark = pytest.mark.gpu
 
@@ -23,6 +23,24 @@ def test_forward_equals_step_loop_on_cuda(name):
             outs.append(y_t)
     # Triton / TF32 paths are allowed rounding differences on the GPU.
     assert_close("y", torch.stack(outs, 1), y, tol=2e-3)
+
+
+@pytest.mark.parametrize("name", ["hqlt-sync", "hqlt-sync-linear", "deltanet", "transformer"])
+def test_fresh_state_and_no_resets_given_as_none_on_cuda(name):
+    """The kernels' paths without an initial state, KV prefix or resets (what forward(x) takes)
+    against the same kernels given the zero state, empty prefix and all-False resets."""
+    core = make_core(name, d_model=64, n_layers=2, n_heads=2, **_small(name)).cuda()
+    B, T = 3, 200
+    x = torch.randn(B, T, 64, device="cuda", requires_grad=True)
+    y, final = core(x)
+    no_resets = torch.zeros(B, T, dtype=torch.bool, device="cuda")
+    y_explicit, final_explicit = core(x, core.initial_state(B), no_resets)
+    assert_close("y", y, y_explicit, tol=1e-4)
+    for i, (a, b) in enumerate(zip(tree_leaves(final), tree_leaves(final_explicit), strict=True)):
+        assert_close(f"state leaf {i}", a.float(), b.float(), tol=1e-4)
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    (grad_explicit,) = torch.autograd.grad(y_explicit.square().sum(), x)
+    assert_close("dx", grad, grad_explicit, tol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["hqlt-sync", "hqlt-delayed-chunk", "deltanet", "transformer"])

@@ -37,7 +37,10 @@ def kv_push(buffers: dict, new: dict, resets: torch.Tensor | None) -> dict:
 
 
 def kv_attend(q, k, v, buffers, resets, window):
-    """Attention of q over the window [buffer, k]; returns o [B, T, H, d]."""
+    """Attention of q over the window [buffer, k]; returns o [B, T, H, d]. buffers None: a
+    fresh episode in every row (no prefix to read); resets None: no episode starts."""
+    if buffers is None:
+        return sliding_window_attention(q, k, v, window=window, resets=resets)
     L = window - 1
     return sliding_window_attention(
         q,
@@ -74,12 +77,14 @@ class AttentionMixer(Mixer):
         }
 
     def forward(self, x, state, resets):
+        fresh, read_resets = state is None, resets
+        state, resets = self.filled(x, state, resets)
         q, k, v, _, _ = self.proj(x, {}, resets)
         pos = positions(resets, state["pos"])
         if self.use_rope:  # one cos/sin table for both
             cos, sin = rope_tables(pos, self.head_dim, q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = kv_attend(q, k, v, state["kv"], resets, self.window)
+        o = kv_attend(q, k, v, None if fresh else state["kv"], read_resets, self.window)
         kv = kv_push(state["kv"], {"k": k, "v": v}, resets)
         return self.out_proj(o.flatten(-2)), {"kv": kv, "pos": pos[:, -1] + 1}
 

@@ -43,15 +43,32 @@ class Mixer(nn.Module):
     Subclasses implement `initial_state`, `forward` (parallel over T, honouring `resets`) and
     may override `step` (one token; the caller has already reset the rows that start an
     episode), which defaults to `forward` over a length-1 sequence.
+
+    `forward` gets state None for a fresh episode in every row and resets None when no episode
+    starts in the call (a language model's training batch): mixers whose kernels have cheaper
+    paths for those cases (no initial state or KV prefix to read, no reset masks) pass them
+    on; the others expand them with `filled`.
     """
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         raise NotImplementedError
 
     def forward(
-        self, x: torch.Tensor, state: State, resets: torch.Tensor
+        self, x: torch.Tensor, state: State | None, resets: torch.Tensor | None
     ) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
+
+    def filled(
+        self, x: torch.Tensor, state: State | None, resets: torch.Tensor | None
+    ) -> tuple[State, torch.Tensor]:
+        """(state, resets) for x [B, T, ...], None expanded: the initial state of B rows and
+        all-False resets [B, T]."""
+        B, T = x.shape[:2]
+        if state is None:
+            state = self.initial_state(B, x.device)
+        if resets is None:
+            resets = torch.zeros(B, T, dtype=torch.bool, device=x.device)
+        return state, resets
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         no_resets = torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)
@@ -160,20 +177,23 @@ class MemoryCore(nn.Module):
                 f"got {list(x.shape)}"
             )
         B, T, _ = x.shape
-        state = self._checked_state(state, B, x.device)
-        if resets is None:
-            resets = torch.zeros(B, T, dtype=torch.bool, device=x.device)
-        elif resets.shape != (B, T):
-            raise ValueError(
-                f"{self.name}.forward expects resets of shape [B, T] = [{B}, {T}], "
-                f"got {list(resets.shape)}"
-            )
-        resets = resets.to(device=x.device, dtype=torch.bool)
+        fresh = state is None
+        if not fresh:
+            state = self._checked_state(state, B, x.device)
+        if resets is not None:
+            if resets.shape != (B, T):
+                raise ValueError(
+                    f"{self.name}.forward expects resets of shape [B, T] = [{B}, {T}], "
+                    f"got {list(resets.shape)}"
+                )
+            resets = resets.to(device=x.device, dtype=torch.bool)
         if T == 0:  # nothing to consume: the state carries over unchanged
-            return self.norm(x), state
+            return self.norm(x), self.initial_state(B, x.device) if fresh else state
+        # A fresh state and no resets reach the mixers as None (see `Mixer`).
+        layer_states = [None] * len(self.blocks) if fresh else state
         new_state = []
         h = x
-        for block, layer_state in zip(self.blocks, state):
+        for block, layer_state in zip(self.blocks, layer_states):
             h, layer_state = block(h, layer_state, resets)
             new_state.append(layer_state)
         return self.norm(h), new_state

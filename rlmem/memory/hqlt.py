@@ -159,16 +159,24 @@ class HQLTMixer(Mixer):
 
     def memories(self, x, state, resets):
         """Both memories' outputs before mixing: o_fw, o_kv [B, T, H, d] and the new state."""
+        sync = self.variant in ("sync", "sync-linear")
+        fresh, no_resets = state is None, resets is None
+        state, resets = self.filled(x, state, resets)
+        # The synchronous variants' kernels skip the initial state, the KV prefix and the reset
+        # masks when there are none; the delayed variants read their buffers in any case.
+        read_kv = None if sync and fresh else state["kv"]
+        read_fw = None if sync and fresh else state["fw"]
+        read_resets = None if sync and no_resets else resets
         q, k, v, beta, q_kv, k_kv, pos, proj_state = self._inputs(x, state, resets)
         kv = state["kv"]
-        o_kv = self._attend(q_kv, k_kv, v, kv, resets, pos)
+        o_kv = self._attend(q_kv, k_kv, v, read_kv, read_resets, pos)
         if self.variant == "sync":
             o_fw, fw = delta_rule(
-                F.silu(q), F.silu(k), v, beta, initial_state=state["fw"], resets=resets
+                F.silu(q), F.silu(k), v, beta, initial_state=read_fw, resets=read_resets
             )
         elif self.variant == "sync-linear":
             o_fw, fw = linear_attention(
-                elu_feature(q), elu_feature(k), v, initial_state=state["fw"], resets=resets
+                elu_feature(q), elu_feature(k), v, initial_state=read_fw, resets=read_resets
             )
         elif self.variant == "delayed-stream":
             o_fw, fw = self._stream_fw(q, k, v, beta, state["fw"], kv, resets)

@@ -39,6 +39,7 @@ class RNNMixer(Mixer):
         return {"h": hidden[0].float()}
 
     def forward(self, x, state, resets):
+        state, resets = self.filled(x, state, resets)
         B, T, _ = x.shape
         cols = _reset_columns(resets) + [T]
         outs = []
@@ -66,7 +67,7 @@ class PointwiseMixer(Mixer):
         return {}
 
     def forward(self, x, state, resets):
-        return self.proj(x), state
+        return self.proj(x), {}
 
     def step(self, x, state):
         return self.proj(x), state
