@@ -32,12 +32,12 @@ class DeltaNetMixer(Mixer):
         return {**self.proj.initial_state(batch_size, device), "fw": fw}
 
     def forward(self, x, state, resets):
-        fw0 = None if state is None else state["fw"]  # None: the kernels start from zeros
+        read_fw = None if state is None else state["fw"]  # None: the kernels start from zeros
         read_resets = resets
         state, resets = self.filled(x, state, resets)
         q, k, v, beta, proj_state = self.proj(x, state, resets)
         o, fw = delta_rule(
-            F.silu(q), F.silu(k), F.silu(v), beta, initial_state=fw0, resets=read_resets
+            F.silu(q), F.silu(k), F.silu(v), beta, initial_state=read_fw, resets=read_resets
         )
         return self.out(o, x), {**proj_state, "fw": fw}
 
@@ -65,12 +65,12 @@ class LinearMixer(Mixer):
         return {**self.proj.initial_state(batch_size, device), "fw": fw}
 
     def forward(self, x, state, resets):
-        fw0 = None if state is None else state["fw"]  # None: the kernels start from zeros
+        read_fw = None if state is None else state["fw"]  # None: the kernels start from zeros
         read_resets = resets
         state, resets = self.filled(x, state, resets)
         q, k, v, _, proj_state = self.proj(x, state, resets)
         o, fw = linear_attention(
-            elu_feature(q), elu_feature(k), v, initial_state=fw0, resets=read_resets
+            elu_feature(q), elu_feature(k), v, initial_state=read_fw, resets=read_resets
         )
         return self.out(o, x), {**proj_state, "fw": fw}
 
