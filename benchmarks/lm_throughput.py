@@ -101,6 +101,13 @@ def make_train_step(
     return train_step
 
 
+def _step_events(device: torch.device, steps: int) -> list:
+    """One CUDA timing event per timed step (recorded at its end); none on CPU."""
+    if device.type != "cuda":
+        return []
+    return [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -122,11 +129,17 @@ def measure(
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    # Per-step device times too (CUDA events, no extra synchronisation): a run whose mean is
+    # off shows whether one step or all of them were slow.
+    events = _step_events(device, args.steps)
     start = time.perf_counter()
-    for _ in range(args.steps):
+    for i in range(args.steps):
         train_step()
+        if events:
+            events[i].record()
     sync(device)
     seconds = time.perf_counter() - start
+    each = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
     tok_s = B * T * args.steps / seconds
     peak = peak_flops(device)
     return {
@@ -138,6 +151,7 @@ def measure(
         "params": model.get_num_params(),
         "tokens_per_s": tok_s,
         "step_ms": 1000 * seconds / args.steps,
+        "step_ms_each": each,  # steps 2.. (device time between consecutive step ends)
         "mfu": model.estimate_mfu(tok_s, T, peak) if peak else None,
         "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9
         if device.type == "cuda"
@@ -210,18 +224,23 @@ def main(argv: list[str] | None = None) -> int:
         row = rows[-1]
         print(json.dumps(row), flush=True)
     ref = next((r for r in rows if r["core"] == args.reference and "error" not in r), None)
-    print(f"| core | params (M) | tokens/s | vs {args.reference} | step (ms) | MFU | mem (GB) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| core | params (M) | tokens/s | vs {args.reference} | step (ms) "
+        "| steps min-max (ms) | MFU | mem (GB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['core']} | {r['error']} | | | | | |")
+            print(f"| {r['core']} | {r['error']} | | | | | | |")
             continue
+        each = r["step_ms_each"]
+        spread = f"{min(each):.1f}-{max(each):.1f}" if each else "-"
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
         print(
             f"| {r['core']} | {r['params'] / 1e6:.1f} | {r['tokens_per_s']:,.0f} | {ratio} "
-            f"| {r['step_ms']:.1f} | {mfu} | {mem} |"
+            f"| {r['step_ms']:.1f} | {spread} | {mfu} | {mem} |"
         )
     if args.json:
         with open(args.json, "w") as f:
