@@ -1,7 +1,8 @@
 """Sliding-window softmax attention in Triton: host functions and the autograd wrapper.
 
-Forward: `swa_fwd_kernel` (one program per query block). Backward: `swa_bwd_dkdv_kernel`
-(per key block, prefix keys included) and `swa_bwd_dq_kernel` (per query block).
+Forward: `swa_fwd_kernel` (one program per query block). Backward: `swa_bwd_dq_kernel` (per
+query block; it also writes rowsum(o * do)) then `swa_bwd_dkdv_kernel` (per key block, prefix
+keys included).
 
 Both directions are torch.library custom ops (`rlmem::sliding_window_fwd`,
 `rlmem::sliding_window_bwd`) joined by `register_autograd`, so torch.compile traces through
@@ -15,7 +16,6 @@ import triton
 
 from rlmem.kernels.delta_rule.triton_common import block_dim, dense, dot_dtype
 from rlmem.kernels.sliding_window.triton_kernels import (
-    swa_bwd_delta_kernel,
     swa_bwd_dkdv_kernel,
     swa_bwd_dq_kernel,
     swa_fwd_kernel,
@@ -53,15 +53,6 @@ def _lowest_keys(B, T, window, resets, prefix_len, device) -> torch.Tensor:
     return torch.maximum(pos - P, start).to(torch.int32)
 
 
-def _delta(o: torch.Tensor, do: torch.Tensor) -> torch.Tensor:
-    """rowsum(o * do) [B, T, H] float32, read once from o and do in their dtype."""
-    B, T, H, DV = o.shape
-    delta = torch.empty(B, T, H, device=o.device, dtype=torch.float32)
-    N, BR = B * T * H, 64
-    swa_bwd_delta_kernel[(triton.cdiv(N, BR),)](o, do, delta, N, DV=DV, BV=block_dim(DV), BR=BR)
-    return delta
-
-
 def _forward(q, k, v, pk, pv, lo, window, scale):
     B, T, H, DK = q.shape
     DV = v.shape[-1]
@@ -86,7 +77,7 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
     DV = v.shape[-1]
     P = window - 1
     has_prefix = pk is not None
-    delta = _delta(o, do)
+    delta = torch.empty(B, T, H, device=q.device, dtype=torch.float32)  # rowsum(o * do)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dpk = torch.empty_like(pk) if has_prefix else dk
     dpv = torch.empty_like(pv) if has_prefix else dv
@@ -97,6 +88,10 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
         DOT_DT=dot_dtype(q.dtype), **cfg,
     )  # fmt: skip
     lo = q if lo is None else lo  # unread placeholder
+    # dq first: it also writes delta, which the dk / dv kernel reads (same stream, in order).
+    swa_bwd_dq_kernel[(triton.cdiv(T, cfg["BM"]), B * H)](
+        q, k, v, pk_arg, pv_arg, lo, o, do, lse, delta, dq, T, P, scale, **meta
+    )
     n_keys = T + (P if has_prefix else 0)
     swa_bwd_dkdv_kernel[(triton.cdiv(n_keys, cfg["BN"]), B * H)](
         q,
@@ -117,9 +112,6 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
         window,
         scale,
         **meta,
-    )
-    swa_bwd_dq_kernel[(triton.cdiv(T, cfg["BM"]), B * H)](
-        q, k, v, pk_arg, pv_arg, lo, do, lse, delta, dq, T, P, scale, **meta
     )
     return dq, dk, dv, (dpk if has_prefix else None), (dpv if has_prefix else None)
 

@@ -4,8 +4,8 @@ Keys live on one axis j in [-P, T): j < 0 is prefix entry P + j, j >= 0 is token
 may attend key j iff lo[t] <= j <= t, where lo[t] = max(t - W + 1, start of t's episode) and
 an episode that began before this call starts at -prefix_len (so invalid prefix entries and
 keys before a reset are never seen). Flash-attention style: online softmax in the forward,
-the log-sum-exp saved for the backward, which runs one kernel over key blocks (dk, dv) and one
-over query blocks (dq); no atomics.
+the log-sum-exp saved for the backward, which runs one kernel over query blocks (dq, and
+delta = rowsum(o * do) for the next) and then one over key blocks (dk, dv); no atomics.
 Tensors: q, k [B, T, H, K], v [B, T, H, V], prefix [B, P, H, K|V], lo int32 [B, T],
 lse / delta float32 [B, T, H].
 """
@@ -88,19 +88,6 @@ def _key_floor(lo, b, rm, T, P, HAS_LO: tl.constexpr):
     if HAS_LO:
         return tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
     return tl.where(rm < T, tl.maximum(rm - P, 0), 2147483647)
-
-
-@triton.jit
-def swa_bwd_delta_kernel(o, do, delta, N, DV: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr):
-    """delta[r] = sum_j o[r, j] * do[r, j] in float32, rows r of the [N, DV] views of o and do
-    (N = B*T*H; delta is [B, T, H]). Grid (cdiv(N, BR),)."""
-    rows = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
-    cols = tl.arange(0, BV)
-    mask = (rows[:, None] < N) & (cols[None, :] < DV)
-    offs = rows[:, None] * DV + cols[None, :]
-    a = tl.load(o + offs, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(do + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(delta + rows, tl.sum(a * g, axis=1), mask=rows < N)
 
 
 @triton.jit
@@ -237,6 +224,7 @@ def swa_bwd_dq_kernel(
     pk,
     pv,
     lo,
+    o,
     do,
     lse,
     delta,
@@ -255,7 +243,8 @@ def swa_bwd_dq_kernel(
     HAS_LO: tl.constexpr,
     DOT_DT: tl.constexpr,
 ):
-    """dq of one block of BM queries. Grid (cdiv(T, BM), B*H)."""
+    """dq of one block of BM queries, and its rows of delta = rowsum(o * do) (float32, which
+    `swa_bwd_dkdv_kernel` reads next). Grid (cdiv(T, BM), B*H)."""
     i_m = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
@@ -265,7 +254,9 @@ def swa_bwd_dq_kernel(
     dot = _load_tokens(do, b, h, rm, T, H, DV, BV)
     lo_m = _key_floor(lo, b, rm, T, P, HAS_LO)
     lse_m = _load_row_vec(lse, b, h, rm, T, H, 0.0)
-    dl_m = _load_row_vec(delta, b, h, rm, T, H, 0.0)
+    ot = _load_tokens(o, b, h, rm, T, H, DV, BV)
+    dl_m = tl.sum(ot.to(tl.float32) * dot.to(tl.float32), axis=1)
+    tl.store(delta + (b.to(tl.int64) * T + rm) * H + h, dl_m, mask=rm < T)
     j_start = tl.min(lo_m, axis=0)
     j_end = tl.minimum(i_m * BM + BM, T)
     qk_scale = scale * 1.4426950408889634
