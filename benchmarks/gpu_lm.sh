@@ -14,7 +14,8 @@
 # Knobs: PARITY_STEPS (optimiser steps per parity run, default 3000; a run stops early at 99%),
 # PARITY_S (a cap on each run's training seconds, default 150; the learning-rate schedule decays
 # fully by whichever budget ends first), LM_STEPS (optimiser steps of run 3, default 300), SECTIONS (which of
-# 1 2 3 to run, default "1 2 3"; e.g. SECTIONS=2 for the throughput runs alone).
+# 1 2 3 to run, default "1 2 3"; e.g. SECTIONS=2 for the throughput runs alone), COMPILE_MODE
+# (torch.compile mode of the compiled throughput runs, e.g. reduce-overhead for CUDA graphs).
 set -u
 OUT=${OUT:-/tmp/rlmem-lm}
 mkdir -p "$OUT"
@@ -49,10 +50,10 @@ timeout 150 python3 benchmarks/lm_throughput.py --cores $CORES $SHAPE --seq-len 
     | tee "$OUT/throughput.log" | grep -v '^{'
 # Compiled: the memory cores against the SDPA peer only (each compile costs ~1 min).
 timeout 200 python3 benchmarks/lm_throughput.py --cores hqlt-sync sdpa-transformer $SHAPE \
-    --seq-len 2048 --batch-size 8 --steps 10 --warmup 3 --compile \
+    --seq-len 2048 --batch-size 8 --steps 10 --warmup 3 --compile ${COMPILE_MODE:+--compile-mode $COMPILE_MODE} \
     --json "$OUT/throughput-compile.json" 2>&1 | tee "$OUT/throughput-compile.log" | grep -v '^{'
 timeout 200 python3 benchmarks/lm_throughput.py --cores hqlt-sync sdpa-transformer $SHAPE \
-    --seq-len 8192 --batch-size 2 --steps 6 --warmup 3 --compile \
+    --seq-len 8192 --batch-size 2 --steps 6 --warmup 3 --compile ${COMPILE_MODE:+--compile-mode $COMPILE_MODE} \
     --json "$OUT/throughput-8k-compile.json" 2>&1 | tee "$OUT/throughput-8k-compile.log" \
     | grep -v '^{'
 [[ "${EAGER_8K:-0}" == 1 ]] && timeout 150 python3 benchmarks/lm_throughput.py --cores $CORES \

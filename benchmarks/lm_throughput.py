@@ -85,9 +85,9 @@ def make_train_step(
     model: LM, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 ) -> Callable[[], None]:
     """One training step on fresh random tokens: forward + backward + AdamW (with
-    `args.compile`, the model's forward is torch.compile'd)."""
+    `args.compile`, the model's forward is torch.compile'd, in `args.compile_mode`)."""
     optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), device.type)
-    fwd = torch.compile(model) if args.compile else model
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
     B, T = args.batch_size, args.seq_len
 
     def train_step() -> None:
@@ -174,6 +174,12 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode (reduce-overhead: CUDA graphs, no host launch overhead)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
 
@@ -195,6 +201,7 @@ def describe(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         f"B={args.batch_size} T={args.seq_len} "
         f"D={args.d_model} L={args.n_layers} H={args.n_heads} V={args.vocab_size}, "
         f"compile={args.compile}"
+        + (f" ({args.compile_mode})" if args.compile and args.compile_mode else "")
     )
 
 
