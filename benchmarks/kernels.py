@@ -64,11 +64,13 @@ def _grads(out, inputs, seed=1):
 
 def check_delta(dtype, tol, K=64, V=64, T=1000, B=2, H=4, groups=None):
     """The Triton op against the fp32 reference, with resets and an initial state; `groups`
-    (a RLMEM_DELTA_GROUPS value) splits the recurrences in time for this check."""
+    (a RLMEM_DELTA_GROUPS value) for this check, else the library's setting (auto: T=1024 at
+    B=2 H=4 splits in two on a 132-SM GPU)."""
     q, k, v, beta, s0, r = _delta_inputs(B, T, H, K, V, dtype, resets_p=0.01)
     leaves = [x.requires_grad_() for x in (q, k, v, beta, s0)]
     saved = os.environ.get("RLMEM_DELTA_GROUPS")
-    os.environ["RLMEM_DELTA_GROUPS"] = groups or "0"
+    if groups is not None:
+        os.environ["RLMEM_DELTA_GROUPS"] = groups
     try:
         o, ht = delta_rule_triton(
             q, k, v, beta, initial_state=s0, resets=r, scale=None, l2norm_qk=True,
@@ -77,7 +79,7 @@ def check_delta(dtype, tol, K=64, V=64, T=1000, B=2, H=4, groups=None):
         gs = _grads((o, ht), leaves)
     finally:
         if saved is None:
-            os.environ.pop("RLMEM_DELTA_GROUPS")
+            os.environ.pop("RLMEM_DELTA_GROUPS", None)
         else:
             os.environ["RLMEM_DELTA_GROUPS"] = saved
     ref = delta_rule_chunked(*(x.float() for x in (q, k, v, beta)), s0, r, None, True)
