@@ -79,15 +79,18 @@ def test_forward_equals_step_loop(name, opts):
         assert_close(f"state leaf {i}", a, b)
 
 
+@pytest.mark.parametrize("with_resets", [False, True], ids=["no-resets", "resets"])
 @pytest.mark.parametrize("name,opts", CASES, ids=IDS)
-def test_fresh_state_and_no_resets_given_as_none(name, opts):
-    """forward(x) (state and resets None: a language model's batch, for which some mixers skip
-    the initial state, the KV prefix and the reset masks) gives what the explicit initial state
-    and all-False resets give: outputs, state and input gradients."""
+def test_fresh_state_and_no_resets_given_as_none(name, opts, with_resets):
+    """forward(x, None, resets) with resets None or given (a language model's batch: some
+    mixers then skip the initial state, the KV prefix and the reset masks in their kernels)
+    gives what the explicit initial state and resets give: outputs, state, input gradients."""
     core = _core(name, opts)
     x = torch.randn(B, T, D, requires_grad=True)
-    y, final = core(x)
-    y_explicit, final_explicit = core(x, core.initial_state(B), torch.zeros(B, T, dtype=torch.bool))
+    resets = random_resets(B, T) if with_resets else None
+    explicit = resets if with_resets else torch.zeros(B, T, dtype=torch.bool)
+    y, final = core(x, None, resets)
+    y_explicit, final_explicit = core(x, core.initial_state(B), explicit)
     assert_close("y", y, y_explicit)
     for i, (a, b) in enumerate(zip(tree_leaves(final), tree_leaves(final_explicit), strict=True)):
         assert_close(f"state leaf {i}", a, b)

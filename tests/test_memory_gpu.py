@@ -25,16 +25,19 @@ def test_forward_equals_step_loop_on_cuda(name):
     assert_close("y", torch.stack(outs, 1), y, tol=2e-3)
 
 
+@pytest.mark.parametrize("with_resets", [False, True], ids=["no-resets", "resets"])
 @pytest.mark.parametrize("name", ["hqlt-sync", "hqlt-sync-linear", "deltanet", "transformer"])
-def test_fresh_state_and_no_resets_given_as_none_on_cuda(name):
-    """The kernels' paths without an initial state, KV prefix or resets (what forward(x) takes)
-    against the same kernels given the zero state, empty prefix and all-False resets."""
+def test_fresh_state_and_no_resets_given_as_none_on_cuda(name, with_resets):
+    """The kernels' paths without an initial state or KV prefix, and without resets unless
+    given (what forward(x, None, resets) takes), against the same kernels given the zero state,
+    its empty prefix and the resets as a tensor (all False when none)."""
     core = make_core(name, d_model=64, n_layers=2, n_heads=2, **_small(name)).cuda()
     B, T = 3, 200
     x = torch.randn(B, T, 64, device="cuda", requires_grad=True)
-    y, final = core(x)
-    no_resets = torch.zeros(B, T, dtype=torch.bool, device="cuda")
-    y_explicit, final_explicit = core(x, core.initial_state(B), no_resets)
+    resets = random_resets(B, T).cuda() if with_resets else None
+    explicit = resets if with_resets else torch.zeros(B, T, dtype=torch.bool, device="cuda")
+    y, final = core(x, None, resets)
+    y_explicit, final_explicit = core(x, core.initial_state(B), explicit)
     assert_close("y", y, y_explicit, tol=1e-4)
     for i, (a, b) in enumerate(zip(tree_leaves(final), tree_leaves(final_explicit), strict=True)):
         assert_close(f"state leaf {i}", a.float(), b.float(), tol=1e-4)
