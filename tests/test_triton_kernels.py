@@ -373,11 +373,13 @@ def test_custom_ops_pass_opcheck():
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("with_resets", [True, False], ids=["resets", "no-resets"])
 @pytest.mark.parametrize("core_name", ["hqlt-sync", "transformer"])
-def test_core_compiles_in_one_graph(core_name, monkeypatch):
+def test_core_compiles_in_one_graph(core_name, with_resets, monkeypatch):
     """torch.compile(fullgraph=True) traces a core through the Triton ops (no graph break) and
     gives the eager outputs, final state and gradients (Inductor on CUDA; on CPU the aot_eager
-    backend, which runs the traced graphs op by op, saving a C++ build)."""
+    backend, which runs the traced graphs op by op, saving a C++ build); from a fresh state,
+    with resets and without (a language model's batch: no reset masks in the kernels)."""
     from rlmem.memory import make_core
     from rlmem.memory.state import tree_leaves
 
@@ -386,8 +388,10 @@ def test_core_compiles_in_one_graph(core_name, monkeypatch):
     opts = {"window": 8} if core_name == "transformer" else {}
     core = make_core(core_name, d_model=32, n_layers=2, n_heads=2, **opts).to(DEVICE)
     x = torch.randn(2, 40, 32, device=DEVICE, requires_grad=True)
-    resets = torch.zeros(2, 40, dtype=torch.bool, device=DEVICE)
-    resets[1, 17] = True
+    resets = None
+    if with_resets:
+        resets = torch.zeros(2, 40, dtype=torch.bool, device=DEVICE)
+        resets[1, 17] = True
     backend = "inductor" if DEVICE == "cuda" else "aot_eager"
     compiled = torch.compile(core, fullgraph=True, backend=backend)
     # A random linear loss: sum(y^2) is nearly constant behind the final RMSNorm, and its
