@@ -71,12 +71,15 @@ def check_delta(dtype, tol, K=64, V=64, T=1000, B=2, H=4, groups=None):
     saved = os.environ.get("RLMEM_DELTA_GROUPS")
     if groups is not None:
         os.environ["RLMEM_DELTA_GROUPS"] = groups
+    run = lambda: delta_rule_triton(  # noqa: E731
+        q, k, v, beta, initial_state=s0, resets=r, scale=None, l2norm_qk=True,
+        output_final_state=True,
+    )  # fmt: skip
     try:
-        o, ht = delta_rule_triton(
-            q, k, v, beta, initial_state=s0, resets=r, scale=None, l2norm_qk=True,
-            output_final_state=True,
-        )  # fmt: skip
+        o, ht = run()  # the WY form (a backward follows)
         gs = _grads((o, ht), leaves)
+        with torch.no_grad():
+            o_fused, ht_fused = run()  # the fused recurrence of forwards without a backward
     finally:
         if saved is None:
             os.environ.pop("RLMEM_DELTA_GROUPS", None)
@@ -86,6 +89,8 @@ def check_delta(dtype, tol, K=64, V=64, T=1000, B=2, H=4, groups=None):
     tag = f"delta {str(dtype)[6:]} K{K} V{V} T{T} resets" + (f" groups {groups}" if groups else "")
     report(f"{tag} o", rel(o, ref[0]), tol)
     report(f"{tag} final", rel(ht, ref[1]), tol)
+    report(f"{tag} o (no grad)", rel(o_fused, ref[0]), tol)
+    report(f"{tag} final (no grad)", rel(ht_fused, ref[1]), tol)
     gr = _grads(ref, leaves)
     for n, a, b in zip(["dq", "dk", "dv", "dbeta", "dh0"], gs, gr):
         report(f"{tag} {n}", rel(a, b), tol)
