@@ -30,8 +30,7 @@ from rlmem.kernels.delta_rule.triton_groups import (
     grouped_segments,
     groups_for,
     pad_columns,
-    scan_backward,
-    scan_forward,
+    scan_groups,
 )
 
 SUB = 16  # rows of a diagonal block of the triangular inverse (tl.dot needs >= 16)
@@ -127,7 +126,7 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
             HAS_RESETS=has_resets, HAS_H0=True, STORE_H=False, STORE_O=False, DOT_DT=dot_dt,
             EPS=EPS, **cfg_aug,
         )  # fmt: skip
-        h_start, final = scan_forward(maps, h0, B, G, DV)
+        h_start, final = scan_groups(maps, h0, B, G, DV, reverse=False)
     fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), Bg * H)](
         qr, kr, v, beta, tinv, w_arg, u0, seg_arg, h_start if h_start is not None else ht, o,
         hs if store_h else o, ht, Tg, NT, scale,
@@ -199,7 +198,7 @@ def _backward(
             H=H, DK=DK, DV=DV + DK, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=True,
             STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt, **cfg_aug,
         )  # fmt: skip
-        d_end, d_start = scan_backward(maps, dht, B, G, DV)
+        d_end, d_start = scan_groups(maps, dht, B, G, DV, reverse=True)
         dh0 = d_start if need_dh0 else None
     bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), Bg * H)](
         qr, kr, w, seg_arg, do, d_end if d_end is not None else hs, dhs,

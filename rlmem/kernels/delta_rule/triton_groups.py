@@ -92,29 +92,19 @@ def pad_columns(x: torch.Tensor, extra: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(*x.shape[:-1], extra)], dim=-1)
 
 
-def scan_forward(
-    maps: torch.Tensor, h0: torch.Tensor | None, B: int, G: int, DV: int
+def scan_groups(
+    maps: torch.Tensor, start: torch.Tensor | None, B: int, G: int, DV: int, reverse: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """maps [B*G, H, K, V+K] = [c | A] (group g: S_out = A S_in + c). Returns the state
-    entering every group [B*G, H, K, V] and the final state [B, H, K, V]."""
+    """Composes the groups' affine maps [B*G, H, K, V+K] = [c | A] (group g: out = A in + c)
+    from `start` [B, H, K, V] (None: zeros), in group order, or reversed for the backward
+    (group g then maps the gradient leaving it to the one entering it). Returns the value
+    going into every group's map [B*G, H, K, V] (the state entering group g; reversed, the
+    gradient reaching the state that leaves it) and the last map's result [B, H, K, V] (the
+    final state; reversed, dL/dS_0)."""
     maps = maps.view(B, G, *maps.shape[1:])
-    S = torch.zeros_like(maps[:, 0, ..., :DV]) if h0 is None else h0
-    entering = []
-    for g in range(G):
-        entering.append(S)
-        S = torch.matmul(maps[:, g, ..., DV:], S) + maps[:, g, ..., :DV]
-    return torch.stack(entering, dim=1).flatten(0, 1).contiguous(), S
-
-
-def scan_backward(
-    maps: torch.Tensor, dht: torch.Tensor | None, B: int, G: int, DV: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """maps [B*G, H, K, V+K] = [c | M] (group g: dS_in = M dS_out + c). Returns the gradient
-    reaching the state that leaves every group [B*G, H, K, V] and dL/dS_0 [B, H, K, V]."""
-    maps = maps.view(B, G, *maps.shape[1:])
-    dS = torch.zeros_like(maps[:, 0, ..., :DV]) if dht is None else dht
-    leaving = [None] * G
-    for g in reversed(range(G)):
-        leaving[g] = dS
-        dS = torch.matmul(maps[:, g, ..., DV:], dS) + maps[:, g, ..., :DV]
-    return torch.stack(leaving, dim=1).flatten(0, 1).contiguous(), dS
+    x = torch.zeros_like(maps[:, 0, ..., :DV]) if start is None else start
+    into = [None] * G
+    for g in reversed(range(G)) if reverse else range(G):
+        into[g] = x
+        x = torch.matmul(maps[:, g, ..., DV:], x) + maps[:, g, ..., :DV]
+    return torch.stack(into, dim=1).flatten(0, 1).contiguous(), x
