@@ -343,8 +343,9 @@ def fwd_kernel(
     with WY: U = U0 - W S_n from `wy_inverse_kernel` (q, k come normalised; two dependent
     matrix products per chunk); else U = Tinv (beta (V - f K S_n)) straight from v, beta, Tinv
     (three, and q, k normalised here when L2NORM; less traffic, for forwards without a
-    backward). o (unless not STORE_O: the final state alone, for `_group_maps`) and, when
-    STORE_H, the state entering every chunk; the final state into ht [B, H, K, V].
+    backward). o (unless not STORE_O: the final state alone, a group's map in
+    `triton_groups`) and, when STORE_H, the state entering every chunk; the final state into
+    ht [B, H, K, V].
     Grid (cdiv(V, BV), B*H)."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -428,7 +429,8 @@ def bwd_state_kernel(
     """Backward of the chunk recurrence (q, k already normalised if they are to be):
     dhs[n] = dL/dS_{n+1} (the gradient reaching the state that leaves chunk n),
     dh0 = dL/dS_0, and du = dL/dU of every chunk (in do's dtype, the precision `bwd_chunk_kernel`
-    multiplies it in); dhs and du only when STORE_CHUNKS (else dh0 alone, for `_group_maps`).
+    multiplies it in); dhs and du only when STORE_CHUNKS (else dh0 alone: a group's map in
+    `triton_groups`).
     Grid (cdiv(V, BV), B*H).
         dU = scale P^T dO + g K dS_{n+1},
         dS_n = scale Q^T (f dO) + keep dS_{n+1} - W^T dU   (W^T = (beta f K)^T Tinv^T)."""
