@@ -30,15 +30,17 @@ from lm_throughput import (
 )
 from torch.profiler import ProfilerActivity, profile
 
-# First matching pattern wins; kernel names are lower-cased before matching.
+# First matching pattern wins; kernel names are lower-cased before matching. Inductor's fused
+# kernels come first: their names list the ops they fuse (a norm beside the delta rule's
+# output reads "..._delta_rule_...", a RoPE "..._cat_..._roll_...").
 CATEGORIES = [
+    ("compiled (inductor)", r"^triton_"),
     ("delta rule (Triton)", r"^(wy_inverse|fwd|bwd_state|bwd_chunk)_kernel|delta_rule"),
     ("sliding window (Triton)", r"^swa_|sliding_window"),
     ("flash / SDPA", r"flash|fmha|attention|sdpa|cudnn"),
     ("matmul", r"gemm|xmma|nvjet|cutlass|splitk|aten::(mm|addmm|bmm|matmul|linear)\b"),
     ("optimizer", r"adam|multi_tensor|foreach"),
     ("copies / casts", r"copy|memcpy|memset|cat|roll|transpose|contiguous|aten::(to|_to_copy)\b"),
-    ("compiled (inductor)", r"^triton_"),
 ]
 
 
@@ -63,6 +65,18 @@ def kernel_times(prof: profile, on_gpu: bool) -> dict[str, list[float]]:
         for evt in prof.key_averages():
             if evt.key.startswith("aten::") and evt.self_cpu_time_total > 0:
                 table[evt.key] = [evt.count, evt.self_cpu_time_total]
+    return table
+
+
+def runtime_api_times(prof: profile) -> dict[str, list[float]]:
+    """name -> [calls, total us] of the host's CUDA runtime / driver calls (launches, syncs,
+    copies, mallocs): a sync or malloc here is where a host-bound step waits."""
+    table: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CPU and re.match(r"^cu[A-Z]", evt.name):
+            row = table[evt.name]
+            row[0] += 1
+            row[1] += evt.time_range.elapsed_us()
     return table
 
 
@@ -103,6 +117,11 @@ def profile_core(core: str, args, device, dtype, extra) -> None:
     print("\n| category | calls/step | ms/step | % of step |\n|---|---|---|---|")
     for label, (calls, us) in sorted(by_cat.items(), key=lambda kv: -kv[1][1]):
         print(f"| {label} | {calls:g} | {us / 1e3:.2f} | {100 * us / step_us:.1f}% |")
+    if on_gpu:
+        api = sorted(runtime_api_times(prof).items(), key=lambda kv: -kv[1][1])[:6]
+        print("\n| host CUDA API call | calls/step | ms/step |\n|---|---|---|")
+        for name, (calls, us) in api:
+            print(f"| `{name}` | {calls / args.steps:g} | {us / args.steps / 1e3:.2f} |")
     gap = step_us - busy
     print(
         f"\nstep wall {step_us / 1e3:.2f} ms (unprofiled), busy {busy / 1e3:.2f} ms, "

@@ -15,6 +15,7 @@ autocast (on GPU), on fresh random tokens; after `--warmup` untimed steps the wa
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -108,6 +109,38 @@ def _step_events(device: torch.device, steps: int) -> list:
     return [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
 
 
+class GCPauses:
+    """Python garbage-collector pauses while installed (`gc.callbacks`): a collection of the
+    oldest generation walks every object the process holds (torch.compile's graphs and guards
+    included) and stalls the host that feeds the GPU."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]  # per generation
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.count[info["generation"]] += 1
+            self.seconds += time.perf_counter() - self._start
+
+    def __enter__(self) -> GCPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self)
+
+
+def _device_mallocs(device: torch.device) -> int:
+    """cudaMalloc calls of the caching allocator so far (0 on CPU): in steady state none."""
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.memory_stats(device).get("num_device_alloc", 0)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -132,13 +165,16 @@ def measure(
     # Per-step device times too (CUDA events, no extra synchronisation): a run whose mean is
     # off shows whether one step or all of them were slow.
     events = _step_events(device, args.steps)
-    start = time.perf_counter()
-    for i in range(args.steps):
-        train_step()
-        if events:
-            events[i].record()
-    sync(device)
-    seconds = time.perf_counter() - start
+    mallocs = _device_mallocs(device)
+    with GCPauses() as pauses:
+        start = time.perf_counter()
+        for i in range(args.steps):
+            train_step()
+            if events:
+                events[i].record()
+        sync(device)
+        seconds = time.perf_counter() - start
+    mallocs = _device_mallocs(device) - mallocs
     each = [a.elapsed_time(b) for a, b in zip(events, events[1:])]
     tok_s = B * T * args.steps / seconds
     peak = peak_flops(device)
@@ -152,6 +188,9 @@ def measure(
         "tokens_per_s": tok_s,
         "step_ms": 1000 * seconds / args.steps,
         "step_ms_each": each,  # steps 2.. (device time between consecutive step ends)
+        "gc_pauses": pauses.count,  # collections of generations 0, 1, 2 in the timed steps
+        "gc_ms": 1000 * pauses.seconds,
+        "device_mallocs": mallocs,  # cudaMalloc calls of the caching allocator in the timed steps
         "mfu": model.estimate_mfu(tok_s, T, peak) if peak else None,
         "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9
         if device.type == "cuda"
@@ -233,12 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     ref = next((r for r in rows if r["core"] == args.reference and "error" not in r), None)
     print(
         f"| core | params (M) | tokens/s | vs {args.reference} | step (ms) "
-        "| steps min-max (ms) | MFU | mem (GB) |"
+        "| steps min-max (ms) | GC pauses (ms) | MFU | mem (GB) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['core']} | {r['error']} | | | | | | |")
+            print(f"| {r['core']} | {r['error']} | | | | | | | |")
             continue
         each = r["step_ms_each"]
         spread = f"{min(each):.1f}-{max(each):.1f}" if each else "-"
@@ -247,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         mem = f"{r['peak_mem_gb']:.1f}" if r["peak_mem_gb"] is not None else "-"
         print(
             f"| {r['core']} | {r['params'] / 1e6:.1f} | {r['tokens_per_s']:,.0f} | {ratio} "
-            f"| {r['step_ms']:.1f} | {spread} | {mfu} | {mem} |"
+            f"| {r['step_ms']:.1f} | {spread} | {sum(r['gc_pauses'])} ({r['gc_ms']:.1f}) "
+            f"| {mfu} | {mem} |"
         )
     if args.json:
         with open(args.json, "w") as f:

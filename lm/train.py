@@ -42,7 +42,7 @@ from lm.runtime import (
     progress,
     summary_writer,
 )
-from rlmem.args import parse_args, parse_options
+from rlmem.args import arg, parse_args, parse_options
 from rlmem.io import atomic_torch_save, atomic_write_text
 from rlmem.memory import core_options
 
@@ -116,6 +116,13 @@ class TrainConfig:
     """autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32"""
     compile: bool = False
     """torch.compile the model"""
+    compile_mode: str = arg(
+        "default",
+        "torch.compile mode with --compile; reduce-overhead replays each step as CUDA graphs "
+        "(no per-kernel launch cost on the host, which helps long contexts: see "
+        "benchmarks/RESULTS.md)",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    )
     peak_tflops: float | None = None
     """accelerator peak for MFU (default: known bf16 peak of the GPU, none on CPU)"""
     progress_bar: bool = True
@@ -247,7 +254,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
         log(f"resuming {ckpt_path} at step {start_step}")
     raw_model = model
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.compile_mode)
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -328,6 +335,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
                 model.no_sync() if accumulating else contextlib.nullcontext(),
                 autocast(device, dtype),
             ):
+                if cfg.compile:  # a new training step for CUDA graphs (a no-op without)
+                    torch.compiler.cudagraph_mark_step_begin()
                 _, loss, _ = model(x, y, None, resets)
             scaler.scale(loss / cfg.grad_accum).backward()
             step_loss += loss.detach() / cfg.grad_accum

@@ -109,6 +109,21 @@ def test_throughput_benchmark_runs_tiny_on_cpu(tmp_path, capsys):
     assert all(r["tokens_per_s"] > 0 for r in results)
 
 
+def test_host_profile_benchmark_runs_tiny_on_cpu(capsys, monkeypatch):
+    import runpy
+    from pathlib import Path
+
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # it imports lm_throughput, as a script does
+    bench = runpy.run_path(str(benchmarks / "lm_host_profile.py"))
+    args = "--cores gru --d-model 16 --n-layers 1 --n-heads 2 --vocab-size 50 --seq-len 16"
+    args += " --batch-size 2 --steps 1 --warmup 1 --top 3 --device cpu"
+    assert bench["main"](args.split()) == 0
+    out = capsys.readouterr().out
+    assert "## gru:" in out and "ms per step" in out
+    assert "by cumulative time" in out and "operators by host time" in out
+
+
 def test_throughput_benchmark_sdpa_peer_equals_the_transformer_core():
     import runpy
     from pathlib import Path

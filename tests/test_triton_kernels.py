@@ -140,22 +140,24 @@ def test_delta_rule_gradient_stops_at_reset_and_no_grad_path():
     assert_close("no-grad o (the fused recurrence, not the WY form)", o2, o, 1e-5)
 
 
-@pytest.mark.parametrize("groups", [2, 4])
-def test_delta_rule_split_into_groups_matches_reference(groups, monkeypatch):
+@pytest.mark.parametrize("groups,fresh", [(2, False), (4, False), (4, True)])
+def test_delta_rule_split_into_groups_matches_reference(groups, fresh, monkeypatch):
     """The recurrences split in time (`triton_groups`: per-group affine maps, a scan over the
     groups, then every group from its entering state) give the reference results: outputs,
-    final state and every gradient, with an initial state and resets."""
+    final state and every gradient, with an initial state and resets, or (fresh) with
+    neither, as an LM batch runs."""
     monkeypatch.setenv("RLMEM_DELTA_GROUPS", str(groups))
     gen = torch.Generator().manual_seed(10 + groups)
     B, T, H, K, V = 2, 256, 1, 16, 32
     q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, V), gen=gen)
     beta = torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_()
-    h0 = _tensors((B, H, K, V), gen=gen)[0]
+    h0 = None if fresh else _tensors((B, H, K, V), gen=gen)[0]
     # Few resets, so that most groups carry their entering state through (a reset anywhere in
     # a group zeroes its map's linear part): one on a group boundary, one inside a group.
     resets = torch.zeros(B, T, dtype=torch.bool, device=DEVICE)
     resets[0, 128] = resets[0, 150] = resets[1, 64] = True
-    inputs = (q, k, v, beta, h0)
+    resets = None if fresh else resets
+    inputs = (q, k, v, beta) if fresh else (q, k, v, beta, h0)
     run = lambda: delta_rule_triton(  # noqa: E731
         q, k, v, beta, initial_state=h0, resets=resets, scale=None, l2norm_qk=True,
         output_final_state=True,
@@ -174,6 +176,29 @@ def test_delta_rule_split_into_groups_matches_reference(groups, monkeypatch):
     grads_ref = torch.autograd.grad((o_ref * do).sum() + (ht_ref * dht).sum(), inputs)
     for name, g, g_ref in zip(["dq", "dk", "dv", "dbeta", "dh0"], grads, grads_ref):
         assert_close(f"{groups} groups {name}", g, g_ref, 1e-4)
+
+
+def test_groups_compose_in_float32_under_autocast(monkeypatch):
+    """Under bf16 autocast (as LM training runs) the split recurrences still compose the
+    groups' maps in float32: fp32 inputs give the same results as without autocast (matrix
+    products on the host would have run in bf16, ~1e-2 off)."""
+    monkeypatch.setenv("RLMEM_DELTA_GROUPS", "4")
+    gen = torch.Generator().manual_seed(3)
+    B, T, H, K, V = 1, 512, 1, 16, 16
+    q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, V), gen=gen)
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE).requires_grad_()
+    run = lambda: delta_rule_triton(  # noqa: E731
+        q, k, v, beta, initial_state=None, resets=None, scale=None, l2norm_qk=True,
+        output_final_state=True,
+    )  # fmt: skip
+    o, ht = run()
+    with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+        o_cast, ht_cast = run()
+        dq_cast, dv_cast = torch.autograd.grad((o_cast + ht_cast.sum()).sum(), (q, v))
+    dq, dv = torch.autograd.grad((o + ht.sum()).sum(), (q, v))
+    for name, a, b in [("o", o_cast, o), ("final state", ht_cast, ht), ("dq", dq_cast, dq),
+                       ("dv", dv_cast, dv)]:  # fmt: skip
+        assert_close(f"autocast {name}", a, b, 1e-5)
 
 
 def test_groups_setting(monkeypatch):

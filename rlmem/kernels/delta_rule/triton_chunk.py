@@ -25,11 +25,9 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
 )
 from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, dense, dot_dtype
 from rlmem.kernels.delta_rule.triton_groups import (
-    augmented_start,
     grouped,
     grouped_segments,
     groups_for,
-    pad_columns,
     scan_groups,
 )
 
@@ -116,23 +114,20 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     if G > 1:  # the state entering every group, from the groups' maps
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["fwd"]
-        # The extra columns get no input: U0 (WY form) or V (fused form) padded with zeros.
-        v_aug = v if wy else pad_columns(v, DK)
-        u0_aug = pad_columns(u0, DK) if wy else v_aug
+        # From [0 | I]; the extra K columns read no input (V or U0 have the first DV).
         fwd_kernel[(triton.cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
-            qr, kr, v_aug, beta, tinv, w_arg, u0_aug, seg_arg,
-            augmented_start(Bg, H, DK, DV, q.device), o, o, maps, Tg, NT, scale,
-            H=H, DK=DK, DV=DV + DK, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
-            HAS_RESETS=has_resets, HAS_H0=True, STORE_H=False, STORE_O=False, DOT_DT=dot_dt,
-            EPS=EPS, **cfg_aug,
+            qr, kr, v, beta, tinv, w_arg, u0, seg_arg, maps, o, o, maps, Tg, NT, scale,
+            H=H, DK=DK, DV=DV + DK, DV_IN=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
+            HAS_RESETS=has_resets, HAS_H0=False, H0_EYE=True, STORE_H=False, STORE_O=False,
+            DOT_DT=dot_dt, EPS=EPS, **cfg_aug,
         )  # fmt: skip
         h_start, final = scan_groups(maps, h0, B, G, DV, reverse=False)
     fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), Bg * H)](
         qr, kr, v, beta, tinv, w_arg, u0, seg_arg, h_start if h_start is not None else ht, o,
         hs if store_h else o, ht, Tg, NT, scale,
-        H=H, DK=DK, DV=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
-        HAS_RESETS=has_resets, HAS_H0=h_start is not None, STORE_H=store_h, STORE_O=True,
-        DOT_DT=dot_dt, EPS=EPS, **cfg["fwd"],
+        H=H, DK=DK, DV=DV, DV_IN=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
+        HAS_RESETS=has_resets, HAS_H0=h_start is not None, H0_EYE=False, STORE_H=store_h,
+        STORE_O=True, DOT_DT=dot_dt, EPS=EPS, **cfg["fwd"],
     )  # fmt: skip
     if G == 1:
         return o, ht, tinv, hs, w, qn, kn
@@ -193,18 +188,18 @@ def _backward(
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["bwd_state"]
         bwd_state_kernel[(triton.cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
-            qr, kr, w, seg_arg, pad_columns(do, DK), augmented_start(Bg, H, DK, DV, q.device),
-            hs, maps, du, Tg, NT, scale,
-            H=H, DK=DK, DV=DV + DK, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=True,
-            STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt, **cfg_aug,
+            qr, kr, w, seg_arg, do, maps, hs, maps, du, Tg, NT, scale,
+            H=H, DK=DK, DV=DV + DK, DV_IN=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=False,
+            DHT_EYE=True, STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt, **cfg_aug,
         )  # fmt: skip
         d_end, d_start = scan_groups(maps, dht, B, G, DV, reverse=True)
         dh0 = d_start if need_dh0 else None
     bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), Bg * H)](
         qr, kr, w, seg_arg, do, d_end if d_end is not None else hs, dhs,
         dh0 if store_dh0 else hs, du, Tg, NT, scale,
-        H=H, DK=DK, DV=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=d_end is not None,
-        STORE_DH0=store_dh0, STORE_CHUNKS=True, DOT_DT=dot_dt, **cfg["bwd_state"],
+        H=H, DK=DK, DV=DV, DV_IN=DV, C=CHUNK, HAS_RESETS=has_resets,
+        HAS_DHT=d_end is not None, DHT_EYE=False, STORE_DH0=store_dh0, STORE_CHUNKS=True,
+        DOT_DT=dot_dt, **cfg["bwd_state"],
     )  # fmt: skip
     dv = torch.empty_like(v)
     NV = triton.cdiv(DV, cfg["bwd_chunk"]["BV"])

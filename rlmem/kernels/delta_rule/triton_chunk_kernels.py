@@ -293,6 +293,14 @@ def _state_offsets(
 
 
 @triton.jit
+def _eye_columns(c0, DK: tl.constexpr, DV_IN: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """The [BK, BV] tile (cols from c0) of the float32 state [0 | I] of DV_IN + DK columns."""
+    rk = tl.arange(0, BK)
+    rv = c0 + tl.arange(0, BV)
+    return tl.where((rv[None, :] - DV_IN == rk[:, None]) & (rk[:, None] < DK), 1.0, 0.0)
+
+
+@triton.jit
 def _segments(seg, b, t0, T, C: tl.constexpr):
     """f (sees the incoming state), g (survives into the outgoing state), keep (no reset in
     the chunk) and the same-segment mask of one chunk."""
@@ -326,6 +334,7 @@ def fwd_kernel(
     H: tl.constexpr,
     DK: tl.constexpr,
     DV: tl.constexpr,
+    DV_IN: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
@@ -333,6 +342,7 @@ def fwd_kernel(
     L2NORM: tl.constexpr,
     HAS_RESETS: tl.constexpr,
     HAS_H0: tl.constexpr,
+    H0_EYE: tl.constexpr,
     STORE_H: tl.constexpr,
     STORE_O: tl.constexpr,
     DOT_DT: tl.constexpr,
@@ -345,7 +355,8 @@ def fwd_kernel(
     (three, and q, k normalised here when L2NORM; less traffic, for forwards without a
     backward). o (unless not STORE_O: the final state alone, a group's map in
     `triton_groups`) and, when STORE_H, the state entering every chunk; the final state into
-    ht [B, H, K, V].
+    ht [B, H, K, V]. The state has DV columns, of which v, u0 (and o) have the first DV_IN: a
+    group's map (H0_EYE) runs on the state [0 | I] whose last K columns get no input.
     Grid (cdiv(V, BV), B*H)."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -353,7 +364,9 @@ def fwd_kernel(
     h = i_bh % H
     c0 = i_v * BV
     s_offs, s_mask = _state_offsets(i_bh, 0, 1, DK, DV, c0, BK, BV)
-    if HAS_H0:  # noqa: SIM108
+    if H0_EYE:
+        S = _eye_columns(c0, DK, DV_IN, BK, BV)
+    elif HAS_H0:
         S = tl.load(h0 + s_offs, mask=s_mask, other=0.0)
     else:
         S = tl.zeros([BK, BV], tl.float32)
@@ -373,13 +386,13 @@ def fwd_kernel(
             f, g, keep, same = _segments(seg, b, t0, T, C)
         if WY:
             wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK)
-            u = load_rows(u0, b, h, t0, T, H, DV, c0, C, BV) - mm(wc, S, DOT_DT)
+            u = load_rows(u0, b, h, t0, T, H, DV_IN, c0, C, BV) - mm(wc, S, DOT_DT)
         else:
             ks = mm(kc, S, DOT_DT)
             if HAS_RESETS:
                 ks = f[:, None] * ks
             x = load_vec(beta, b, h, t0, T, H, C)[:, None] * (
-                load_rows(v, b, h, t0, T, H, DV, c0, C, BV) - ks
+                load_rows(v, b, h, t0, T, H, DV_IN, c0, C, BV) - ks
             )
             u = mm(_load_tinv(tinv, i_bh, n, NT, C), x, DOT_DT)
         if STORE_O:
@@ -417,11 +430,13 @@ def bwd_state_kernel(
     H: tl.constexpr,
     DK: tl.constexpr,
     DV: tl.constexpr,
+    DV_IN: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
     HAS_RESETS: tl.constexpr,
     HAS_DHT: tl.constexpr,
+    DHT_EYE: tl.constexpr,
     STORE_DH0: tl.constexpr,
     STORE_CHUNKS: tl.constexpr,
     DOT_DT: tl.constexpr,
@@ -430,7 +445,8 @@ def bwd_state_kernel(
     dhs[n] = dL/dS_{n+1} (the gradient reaching the state that leaves chunk n),
     dh0 = dL/dS_0, and du = dL/dU of every chunk (in do's dtype, the precision `bwd_chunk_kernel`
     multiplies it in); dhs and du only when STORE_CHUNKS (else dh0 alone: a group's map in
-    `triton_groups`).
+    `triton_groups`, which starts from DHT_EYE, [0 | I], and reads the first DV_IN of the DV
+    columns from do).
     Grid (cdiv(V, BV), B*H).
         dU = scale P^T dO + g K dS_{n+1},
         dS_n = scale Q^T (f dO) + keep dS_{n+1} - W^T dU   (W^T = (beta f K)^T Tinv^T)."""
@@ -440,7 +456,9 @@ def bwd_state_kernel(
     h = i_bh % H
     c0 = i_v * BV
     s_offs, s_mask = _state_offsets(i_bh, 0, 1, DK, DV, c0, BK, BV)
-    if HAS_DHT:
+    if DHT_EYE:
+        dS = _eye_columns(c0, DK, DV_IN, BK, BV)
+    elif HAS_DHT:
         dS = tl.load(dht + s_offs, mask=s_mask, other=0.0)
     else:
         dS = tl.zeros([BK, BV], tl.float32)
@@ -455,7 +473,7 @@ def bwd_state_kernel(
         qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
         kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
         wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
-        doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV).to(DOT_DT)
+        doc = load_rows(do, b, h, t0, T, H, DV_IN, c0, C, BV).to(DOT_DT)
         at = mm(kc, tl.trans(qc), DOT_DT)
         kds = mm(kc, dS, DOT_DT)
         if HAS_RESETS:

@@ -10,11 +10,11 @@ recurrences are affine in the state, chunk by chunk:
 so a group of chunks maps its entering state affinely to its leaving one. Split each sequence
 into G groups (the tensors viewed as [B*G, T/G, ...], segment ids restarted per group):
 
-    1. each group's map, by the unchanged kernels run on an augmented state [0 | I] whose
-       extra K columns carry no input (U0, V or dO padded with zero columns): they come out
-       as the map's linear part, the first V columns as its constant part;
+    1. each group's map, by the recurrence kernels run on an augmented state [0 | I] of V+K
+       columns whose last K get no input (the kernels' H0_EYE / DHT_EYE and DV_IN): they
+       come out as the map's linear part, the first V columns as its constant part;
     2. the G maps composed in order on the host: the state entering every group (and the
-       final one), G small matrix products per (b, h);
+       final one), G small matrix products per (b, h) (in float32, autocast or not);
     3. the ordinary recurrence in every group from its entering state, all groups at once.
 
 The chain is then ~2 NT/G chunk steps instead of NT, on G times the programs.
@@ -80,18 +80,6 @@ def grouped_segments(seg: torch.Tensor | None, G: int) -> torch.Tensor | None:
     return (seg.view(B, G, Tg) - before[..., None]).reshape(B * G, Tg).contiguous()
 
 
-def augmented_start(rows: int, H: int, DK: int, DV: int, device) -> torch.Tensor:
-    """[rows, H, K, V+K] float32 state [0 | I]."""
-    start = torch.zeros(rows, H, DK, DV + DK, device=device, dtype=torch.float32)
-    start[..., DV:] = torch.eye(DK, device=device)
-    return start
-
-
-def pad_columns(x: torch.Tensor, extra: int) -> torch.Tensor:
-    """x [..., V] with `extra` zero columns appended (the map's linear columns get no input)."""
-    return torch.cat([x, x.new_zeros(*x.shape[:-1], extra)], dim=-1)
-
-
 def scan_groups(
     maps: torch.Tensor, start: torch.Tensor | None, B: int, G: int, DV: int, reverse: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,11 +88,13 @@ def scan_groups(
     (group g then maps the gradient leaving it to the one entering it). Returns the value
     going into every group's map [B*G, H, K, V] (the state entering group g; reversed, the
     gradient reaching the state that leaves it) and the last map's result [B, H, K, V] (the
-    final state; reversed, dL/dS_0)."""
+    final state; reversed, dL/dS_0). In float32 even under autocast, which would run these
+    products in bfloat16."""
     maps = maps.view(B, G, *maps.shape[1:])
-    x = torch.zeros_like(maps[:, 0, ..., :DV]) if start is None else start
-    into = [None] * G
-    for g in reversed(range(G)) if reverse else range(G):
-        into[g] = x
-        x = torch.matmul(maps[:, g, ..., DV:], x) + maps[:, g, ..., :DV]
+    with torch.autocast(maps.device.type, enabled=False):
+        x = torch.zeros_like(maps[:, 0, ..., :DV]) if start is None else start
+        into = [None] * G
+        for g in reversed(range(G)) if reverse else range(G):
+            into[g] = x
+            x = torch.matmul(maps[:, g, ..., DV:], x) + maps[:, g, ..., :DV]
     return torch.stack(into, dim=1).flatten(0, 1).contiguous(), x
