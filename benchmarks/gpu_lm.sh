@@ -7,7 +7,8 @@
 #   (2) LM training tokens/s of hqlt-sync vs a same-size full-attention transformer
 #       (rlmem's `transformer` core and the SDPA flash-attention peer of BENCHMARKS.md):
 #       T=2048 B=8 eager, T=2048 B=8 and T=8192 B=2 torch.compile'd (hqlt-sync and SDPA only),
-#       T=8192 B=2 eager with EAGER_8K=1 (~6-8 min together);
+#       T=8192 B=2 compiled with CUDA graphs (reduce-overhead; unless COMPILE_MODE is set),
+#       T=8192 B=2 eager with EAGER_8K=1 (~8-10 min together);
 #   (3) validation perplexity after a fixed token budget on the stdlib corpus:
 #       transformer, deltanet, hqlt-sync.
 # Logs and JSON go to $OUT (or /tmp/rlmem-lm); the last lines are the results table.
@@ -56,6 +57,11 @@ timeout 200 python3 benchmarks/lm_throughput.py --cores hqlt-sync sdpa-transform
     --seq-len 8192 --batch-size 2 --steps 6 --warmup 3 --compile ${COMPILE_MODE:+--compile-mode $COMPILE_MODE} \
     --json "$OUT/throughput-8k-compile.json" 2>&1 | tee "$OUT/throughput-8k-compile.log" \
     | grep -v '^{'
+# CUDA graphs at T=8192, where the compiled step otherwise waits on the host (RESULTS.md).
+[[ -z "${COMPILE_MODE:-}" ]] && timeout 200 python3 benchmarks/lm_throughput.py \
+    --cores hqlt-sync sdpa-transformer $SHAPE --seq-len 8192 --batch-size 2 --steps 6 --warmup 3 \
+    --compile --compile-mode reduce-overhead --json "$OUT/throughput-8k-graphs.json" 2>&1 \
+    | tee "$OUT/throughput-8k-graphs.log" | grep -v '^{'
 [[ "${EAGER_8K:-0}" == 1 ]] && timeout 150 python3 benchmarks/lm_throughput.py --cores $CORES \
     $SHAPE --seq-len 8192 --batch-size 2 --steps 6 --warmup 2 \
     --json "$OUT/throughput-8k.json" 2>&1 | tee "$OUT/throughput-8k.log" | grep -v '^{'
@@ -97,6 +103,7 @@ for core in ("hqlt-sync", "hqlt-delayed-stream", "hqlt-delayed-chunk"):
 runs = [("T=2048 B=8 eager", "throughput.json"),
         ("T=2048 B=8 compiled", "throughput-compile.json"),
         ("T=8192 B=2 compiled", "throughput-8k-compile.json"),
+        ("T=8192 B=2 CUDA graphs", "throughput-8k-graphs.json"),
         ("T=8192 B=2 eager", "throughput-8k.json")]
 device = next((t["device"] for _, p in runs if (t := load(p))), "?")
 print(f"\n| LM training ({device}) | core | tokens/s | vs sdpa-transformer | vs transformer "

@@ -157,11 +157,11 @@ def measure(
     model, opts = build(core, args, device, extra_opts)
     train_step = make_train_step(model, args, device, dtype)
     B, T = args.batch_size, args.seq_len
+    if device.type == "cuda":  # the warm-up counts: CUDA graphs allocate their pool there
+        torch.cuda.reset_peak_memory_stats(device)
     for _ in range(args.warmup):
         train_step()
     sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     # Per-step device times too (CUDA events, no extra synchronisation): a run whose mean is
     # off shows whether one step or all of them were slow.
     events = _step_events(device, args.steps)
