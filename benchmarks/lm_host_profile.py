@@ -18,7 +18,6 @@ import cProfile
 import io
 import pstats
 import sys
-import time
 
 import torch
 from lm_throughput import (
@@ -28,6 +27,7 @@ from lm_throughput import (
     describe,
     make_train_step,
     runtime_settings,
+    seconds_per_step,
     sync,
 )
 from torch.profiler import ProfilerActivity, profile
@@ -46,14 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     for core in args.cores:
         model, _ = build(core, args, device, extra)
         train_step = make_train_step(model, args, device, dtype)
-        for _ in range(args.warmup):
-            train_step()
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            train_step()
-        sync(device)
-        step_ms = 1e3 * (time.perf_counter() - start) / args.steps
+        step_ms = 1e3 * seconds_per_step(train_step, args, device)
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(args.steps):

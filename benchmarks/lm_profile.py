@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from collections import defaultdict
 
 import torch
@@ -26,6 +25,7 @@ from lm_throughput import (
     describe,
     make_train_step,
     runtime_settings,
+    seconds_per_step,
     sync,
 )
 from torch.profiler import ProfilerActivity, profile
@@ -83,14 +83,7 @@ def runtime_api_times(prof: profile) -> dict[str, list[float]]:
 def profile_core(core: str, args, device, dtype, extra) -> None:
     model, _ = build(core, args, device, extra)
     train_step = make_train_step(model, args, device, dtype)
-    for _ in range(args.warmup):
-        train_step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        train_step()
-    sync(device)
-    step_us = 1e6 * (time.perf_counter() - start) / args.steps
+    step_us = 1e6 * seconds_per_step(train_step, args, device)
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as prof:

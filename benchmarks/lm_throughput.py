@@ -146,6 +146,19 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds_per_step(train_step: Callable[[], None], args: argparse.Namespace, device) -> float:
+    """Wall seconds per step of `args.steps` steps (CUDA synchronised) after `args.warmup`
+    untimed ones (compile and autotuning included)."""
+    for _ in range(args.warmup):
+        train_step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        train_step()
+    sync(device)
+    return (time.perf_counter() - start) / args.steps
+
+
 def measure(
     core: str,
     args: argparse.Namespace,
