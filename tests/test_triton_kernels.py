@@ -69,6 +69,8 @@ DELTA_CASES = {
     "plain_T63": (1, 63, 2, 16, 16, None, False, True, 0.7, torch.float32, 1e-4),
     "odd_dims_no_l2norm": (1, 70, 1, 24, 40, [(0, 69)], True, False, None, torch.float32, 1e-4),
     "fp16": (1, 63, 1, 16, 16, [(0, 20)], True, True, None, torch.float16, 1e-2),
+    # 16-bit heads of 64: Tinv and the chunk states are saved in fp16 (`saved_dtype`)
+    "fp16_D64": (1, 70, 1, 64, 64, [(0, 30)], True, True, None, torch.float16, 1e-2),
     # fp32 keys > 64 wide: bwd_chunk splits V into 64-column blocks (the last one masked)
     "fp32_D128": (1, 70, 1, 128, 128, [(0, 30)], True, True, None, torch.float32, 1e-4),
     "fp32_K128_V96": (1, 70, 1, 128, 96, [(0, 64)], True, True, None, torch.float32, 1e-4),

@@ -137,21 +137,36 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     return o.view(B, T, H, DV), final, per_head(tinv), per_head(hs), *map(tokens, (w, qn, kn))
 
 
+def saved_dtype(dtype: torch.dtype, DK: int, DV: int) -> torch.dtype:
+    """dtype of Tinv and the chunk states (dL/dS too) that the backward reads.
+
+    16-bit inputs with heads of 64 or more: the input dtype. Every kernel that reads them
+    multiplies them in that dtype (`mm` casts its operands to the dot dtype), so the numbers
+    are the same at half the traffic and activation memory. Otherwise float32: 16-bit tiles
+    narrower than 64 that go straight from memory into tl.dot take Triton 3.6's wgmma path
+    with its narrow-tile bugs (an illegal memory access at K16 V16 on the H200)."""
+    if dtype != torch.float32 and min(block_dim(DK), block_dim(DV)) >= 64:
+        return dtype
+    return torch.float32
+
+
 def _forward_outputs(q, v, store_h, l2norm_qk):
     """Empty o [B, T, H, V], final state [B, H, K, V], Tinv [B*H, NT, C, C], chunk states
     [B*H, NT, K, V], W [B, T, H, K], qn, kn [B, T, H, K] (all but o, the final state and Tinv
-    [0] unless store_h, qn and kn also unless l2norm_qk); states and Tinv float32, the rest in
-    the input dtype. For the kernels and the fake op."""
+    [0] unless store_h, qn and kn also unless l2norm_qk); the final state float32, the rest in
+    the input dtype, but Tinv and the chunk states in `saved_dtype`. For the kernels and the
+    fake op."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     NT = (T + CHUNK - 1) // CHUNK
     f32 = dict(device=q.device, dtype=torch.float32)
+    saved = dict(device=q.device, dtype=saved_dtype(q.dtype, DK, DV))
     empty = lambda: torch.empty(0, **f32)  # noqa: E731  (outputs must not alias each other)
     return (
         torch.empty_like(v),
         torch.empty(B, H, DK, DV, **f32),
-        torch.empty(B * H, NT, CHUNK, CHUNK, **f32),
-        torch.empty(B * H, NT, DK, DV, **f32) if store_h else empty(),
+        torch.empty(B * H, NT, CHUNK, CHUNK, **saved),
+        torch.empty(B * H, NT, DK, DV, **saved) if store_h else empty(),
         torch.empty_like(q) if store_h else empty(),
         torch.empty_like(q) if store_h and l2norm_qk else empty(),
         torch.empty_like(q) if store_h and l2norm_qk else empty(),

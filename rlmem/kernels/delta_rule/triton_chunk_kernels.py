@@ -15,8 +15,10 @@ Kernels:
     bwd_chunk_kernel   (chunks in parallel): dq, dk, dv, dbeta from S_n and dS_{n+1}
                        (optionally split over blocks of V columns, partial sums added).
 Tensors: q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H], seg int32 [B, T],
-Tinv [B*H, NT, C, C] (zeros above the diagonal), states [B*H, NT, K, V] float32; W, qn, kn
-like k and U0 like v, in the input dtype.
+Tinv [B*H, NT, C, C] (zeros above the diagonal) and the chunk states [B*H, NT, K, V] float32
+or, for 16-bit heads of 64 or more, 16-bit (`triton_chunk.saved_dtype`: their readers multiply
+them in the dot dtype); carried states float32; W, qn, kn like k and U0 like v, in the input
+dtype.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def _invert_diag_blocks(l0, l1, l2, l3, BS: tl.constexpr):
 @triton.jit
 def _store_block(base, x, I: tl.constexpr, J: tl.constexpr, BS: tl.constexpr, C: tl.constexpr):
     r = tl.arange(0, BS)
-    tl.store(base + (I * BS + r)[:, None] * C + (J * BS + r)[None, :], x)
+    tl.store(base + (I * BS + r)[:, None] * C + (J * BS + r)[None, :], x.to(base.dtype.element_ty))
 
 
 @triton.jit
@@ -376,7 +378,7 @@ def fwd_kernel(
         t0 = n * C
         if STORE_H:
             h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
-            tl.store(hs + h_offs, S, mask=s_mask)
+            tl.store(hs + h_offs, S.to(hs.dtype.element_ty), mask=s_mask)
         qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
         kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
         if L2NORM:
@@ -469,7 +471,7 @@ def bwd_state_kernel(
         t0 = n * C
         if STORE_CHUNKS:
             h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
-            tl.store(dhs + h_offs, dS, mask=s_mask)
+            tl.store(dhs + h_offs, dS.to(dhs.dtype.element_ty), mask=s_mask)
         qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
         kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
         wc = load_rows(w, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
@@ -554,14 +556,20 @@ def bwd_chunk_kernel(
         c0 = 0
     qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
     kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
+    bc = load_vec(beta, b, h, t0, T, H, C)
     if L2NORM:
         rq = 1.0 / tl.sqrt(tl.sum(qc * qc, axis=1) + EPS)
         rk = 1.0 / tl.sqrt(tl.sum(kc * kc, axis=1) + EPS)
         qc = qc * rq[:, None]
         kc = kc * rk[:, None]
+    # q and k are dot operands from here on: held in the dot dtype (what `mm` casts them to
+    # anyway), and the float32 tiles the norms' backward needs are rebuilt at the end from the
+    # raw rows (in cache by then) rather than kept live through the kernel.
+    bkc = (bc[:, None] * kc).to(DOT_DT)
+    qc = qc.to(DOT_DT)
+    kc = kc.to(DOT_DT)
     vc = load_rows(v, b, h, t0, T, H, DV, c0, C, BV)
     doc = load_rows(do, b, h, t0, T, H, DV, c0, C, BV).to(DOT_DT)
-    bc = load_vec(beta, b, h, t0, T, H, C)
     tm = _load_tinv(tinv, i_bh, i_n, NT, C).to(DOT_DT)
     h_offs, h_mask = _state_offsets(i_bh, i_n, NT, DK, DV, c0, BK, BV)
     S = tl.load(hs + h_offs, mask=h_mask, other=0.0).to(DOT_DT)
@@ -599,10 +607,12 @@ def bwd_chunk_kernel(
     dl = tl.where(strict, -mm(dy, tl.trans(u), DOT_DT), 0.0)
     kk = mm(kc, tl.trans(kc), DOT_DT)
     dbc += tl.sum(dl * kk, axis=1)
-    dkc += bc[:, None] * mm(dl, kc, DOT_DT) + mm(tl.trans(dl), bc[:, None] * kc, DOT_DT)
+    dkc += bc[:, None] * mm(dl, kc, DOT_DT) + mm(tl.trans(dl), bkc, DOT_DT)
     if L2NORM:
-        dqc = _l2n_bwd(dqc, qc, rq)
-        dkc = _l2n_bwd(dkc, kc, rk)
+        qn = load_rows(q, b, h, t0, T, H, DK, 0, C, BK) * rq[:, None]
+        kn = load_rows(k, b, h, t0, T, H, DK, 0, C, BK) * rk[:, None]
+        dqc = _l2n_bwd(dqc, qn, rq)
+        dkc = _l2n_bwd(dkc, kn, rk)
     k_offs, k_mask = row_offsets(b, h, t0, T, H, DK, 0, C, BK)
     tl.store(dq + k_offs, dqc.to(dq.dtype.element_ty), mask=k_mask)
     tl.store(dk + k_offs, dkc.to(dk.dtype.element_ty), mask=k_mask)
