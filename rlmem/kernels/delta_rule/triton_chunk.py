@@ -14,8 +14,9 @@ break (they stay opaque launches in its graph), and the eager path is the same c
 
 from __future__ import annotations
 
+import functools
+
 import torch
-import triton
 
 from rlmem.kernels.delta_rule.triton_chunk_kernels import (
     bwd_chunk_kernel,
@@ -23,7 +24,7 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
     fwd_kernel,
     wy_inverse_kernel,
 )
-from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, dense, dot_dtype
+from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, cdiv, dense, dot_dtype
 from rlmem.kernels.delta_rule.triton_groups import (
     grouped,
     grouped_segments,
@@ -42,6 +43,7 @@ def _v_block(DV: int) -> int:
     return min(block_dim(DV), 64)
 
 
+@functools.cache  # called per launch; the dicts it returns are only read
 def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     """Tile sizes and launch options of each kernel for q, k, v of `dtype` and head dims DK, DV:
     {"wy_inverse" | "fwd" | "bwd_state" | "bwd_chunk": {constexpr or option: value}}.
@@ -94,7 +96,7 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
         q, k, v, beta = (grouped(x, G) for x in (q, k, v, beta))
         seg = grouped_segments(seg, G)
     Bg, Tg = q.shape[:2]
-    NT = triton.cdiv(Tg, CHUNK)
+    NT = cdiv(Tg, CHUNK)
     cfg = launch_config(q.dtype, DK, DV)
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
@@ -115,14 +117,14 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["fwd"]
         # From [0 | I]; the extra K columns read no input (V or U0 have the first DV).
-        fwd_kernel[(triton.cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
+        fwd_kernel[(cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
             qr, kr, v, beta, tinv, w_arg, u0, seg_arg, maps, o, o, maps, Tg, NT, scale,
             H=H, DK=DK, DV=DV + DK, DV_IN=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
             HAS_RESETS=has_resets, HAS_H0=False, H0_EYE=True, STORE_H=False, STORE_O=False,
             DOT_DT=dot_dt, EPS=EPS, **cfg_aug,
         )  # fmt: skip
         h_start, final = scan_groups(maps, h0, B, G, DV, reverse=False)
-    fwd_kernel[(triton.cdiv(DV, cfg["fwd"]["BV"]), Bg * H)](
+    fwd_kernel[(cdiv(DV, cfg["fwd"]["BV"]), Bg * H)](
         qr, kr, v, beta, tinv, w_arg, u0, seg_arg, h_start if h_start is not None else ht, o,
         hs if store_h else o, ht, Tg, NT, scale,
         H=H, DK=DK, DV=DV, DV_IN=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
@@ -186,7 +188,7 @@ def _backward(
                                         for x in (q, k, v, beta, w, qn, kn, do))  # fmt: skip
         seg = grouped_segments(seg, G)
     Bg, Tg = q.shape[:2]
-    NT = triton.cdiv(Tg, CHUNK)
+    NT = cdiv(Tg, CHUNK)
     tinv, hs = tinv.view(Bg * H, NT, CHUNK, CHUNK), hs.view(Bg * H, NT, DK, DV)
     cfg = launch_config(q.dtype, DK, DV)
     dot_dt = dot_dtype(q.dtype)
@@ -202,14 +204,14 @@ def _backward(
     if G > 1:  # the gradient leaving every group, from the groups' maps
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["bwd_state"]
-        bwd_state_kernel[(triton.cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
+        bwd_state_kernel[(cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
             qr, kr, w, seg_arg, do, maps, hs, maps, du, Tg, NT, scale,
             H=H, DK=DK, DV=DV + DK, DV_IN=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=False,
             DHT_EYE=True, STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt, **cfg_aug,
         )  # fmt: skip
         d_end, d_start = scan_groups(maps, dht, B, G, DV, reverse=True)
         dh0 = d_start if need_dh0 else None
-    bwd_state_kernel[(triton.cdiv(DV, cfg["bwd_state"]["BV"]), Bg * H)](
+    bwd_state_kernel[(cdiv(DV, cfg["bwd_state"]["BV"]), Bg * H)](
         qr, kr, w, seg_arg, do, d_end if d_end is not None else hs, dhs,
         dh0 if store_dh0 else hs, du, Tg, NT, scale,
         H=H, DK=DK, DV=DV, DV_IN=DV, C=CHUNK, HAS_RESETS=has_resets,
@@ -217,7 +219,7 @@ def _backward(
         DOT_DT=dot_dt, **cfg["bwd_state"],
     )  # fmt: skip
     dv = torch.empty_like(v)
-    NV = triton.cdiv(DV, cfg["bwd_chunk"]["BV"])
+    NV = cdiv(DV, cfg["bwd_chunk"]["BV"])
     if NV == 1:
         dq, dk, dbeta = torch.empty_like(q), torch.empty_like(k), torch.empty_like(beta)
     else:  # per V block partial sums, in float32

@@ -30,9 +30,18 @@ def dense(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     return [None if x is None else x.contiguous() for x in tensors]
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for the host's grid sizes (plain Python, as `block_dim`)."""
+    return -(-a // b)
+
+
 def block_dim(d: int) -> int:
-    """Power-of-two tile width >= 16 (tl.dot's minimum) covering a head dim of d."""
-    return max(16, triton.next_power_of_2(d))
+    """Power-of-two tile width >= 16 (tl.dot's minimum) covering a head dim of d.
+
+    Plain Python: every launch asks for several, and `triton.next_power_of_2` (like
+    `triton.cdiv`) is a Triton constexpr function whose call wrapper costs microseconds of host
+    time each."""
+    return max(16, 1 << (d - 1).bit_length())
 
 
 @triton.jit

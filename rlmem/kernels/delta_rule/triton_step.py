@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rlmem.kernels.delta_rule.triton_common import EPS, block_dim
+from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, cdiv
 
 
 def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict:
@@ -90,7 +90,7 @@ def delta_rule_step_triton(
     o = torch.empty(B, H, DV, device=q.device, dtype=v.dtype)
     new_state = torch.empty_like(state)
     cfg = launch_config(q.dtype, DK, DV)
-    step_kernel[(B * H, triton.cdiv(DV, cfg["BV"]))](
+    step_kernel[(B * H, cdiv(DV, cfg["BV"]))](
         q, k, v, beta, state, o, new_state, scale,
         DK=DK, DV=DV, L2NORM=l2norm_qk, EPS=EPS, **cfg,
     )  # fmt: skip

@@ -11,10 +11,11 @@ them without a graph break.
 
 from __future__ import annotations
 
-import torch
-import triton
+import functools
 
-from rlmem.kernels.delta_rule.triton_common import block_dim, dense, dot_dtype
+import torch
+
+from rlmem.kernels.delta_rule.triton_common import block_dim, cdiv, dense, dot_dtype
 from rlmem.kernels.sliding_window.triton_kernels import (
     swa_bwd_dkdv_kernel,
     swa_bwd_dq_kernel,
@@ -25,6 +26,7 @@ BLOCK_M = 64
 BLOCK_N = 64
 
 
+@functools.cache  # called per launch; the dicts it returns are only read
 def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict:
     """Tile sizes and launch options of the three kernels for q, k, v of `dtype` and head dims
     DK, DV. Hopper gives a block at most 227 KiB (232448 bytes) of shared memory; Triton's
@@ -59,7 +61,7 @@ def _forward(q, k, v, pk, pv, lo, window, scale):
     has_prefix = pk is not None
     o, lse = _forward_outputs(q, v)
     cfg = launch_config(q.dtype, DK, DV)
-    swa_fwd_kernel[(triton.cdiv(T, cfg["BM"]), B * H)](
+    swa_fwd_kernel[(cdiv(T, cfg["BM"]), B * H)](
         q, k, v, pk if has_prefix else k, pv if has_prefix else v, q if lo is None else lo, o,
         lse, T, window - 1, scale, H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix,
         HAS_LO=lo is not None, DOT_DT=dot_dtype(q.dtype), **cfg,
@@ -89,11 +91,11 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
     )  # fmt: skip
     lo = q if lo is None else lo  # unread placeholder
     # dq first: it also writes delta, which the dk / dv kernel reads (same stream, in order).
-    swa_bwd_dq_kernel[(triton.cdiv(T, cfg["BM"]), B * H)](
+    swa_bwd_dq_kernel[(cdiv(T, cfg["BM"]), B * H)](
         q, k, v, pk_arg, pv_arg, lo, o, do, lse, delta, dq, T, P, scale, **meta
     )
     n_keys = T + (P if has_prefix else 0)
-    swa_bwd_dkdv_kernel[(triton.cdiv(n_keys, cfg["BN"]), B * H)](
+    swa_bwd_dkdv_kernel[(cdiv(n_keys, cfg["BN"]), B * H)](
         q,
         k,
         v,
