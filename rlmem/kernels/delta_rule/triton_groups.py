@@ -89,12 +89,25 @@ def scan_groups(
     going into every group's map [B*G, H, K, V] (the state entering group g; reversed, the
     gradient reaching the state that leaves it) and the last map's result [B, H, K, V] (the
     final state; reversed, dL/dS_0). In float32 even under autocast, which would run these
-    products in bfloat16."""
-    maps = maps.view(B, G, *maps.shape[1:])
+    products in bfloat16.
+
+    Few launches, since with few rows the host issues them slower than the GPU runs them: one
+    copy puts every group's maps in one batch of B*H matrices (a (b, h) batch of the kernels'
+    (b, g, h) order is not one stride, and each product would copy its slice), then one
+    baddbmm per group, and one stack writes the results in the (b, g, h) order."""
+    Bg, H, K, W = maps.shape
     with torch.autocast(maps.device.type, enabled=False):
-        x = torch.zeros_like(maps[:, 0, ..., :DV]) if start is None else start
+        per_group = maps.view(B, G, H, K, W).transpose(0, 1).reshape(G, B * H, K, W)
+        order = list(reversed(range(G))) if reverse else list(range(G))
         into = [None] * G
-        for g in reversed(range(G)) if reverse else range(G):
+        if start is None:  # the first map applied to zeros is its constant part
+            into[order[0]] = maps.new_zeros(B * H, K, DV)
+            x = per_group[order[0], ..., :DV]
+            order = order[1:]
+        else:
+            x = start.reshape(B * H, K, DV)
+        for g in order:
             into[g] = x
-            x = torch.matmul(maps[:, g, ..., DV:], x) + maps[:, g, ..., :DV]
-    return torch.stack(into, dim=1).flatten(0, 1).contiguous(), x
+            x = torch.baddbmm(per_group[g, ..., :DV], per_group[g, ..., DV:], x)
+    into = torch.stack([t.view(B, H, K, DV) for t in into], dim=1).view(Bg, H, K, DV)
+    return into, x.view(B, H, K, DV)
