@@ -4,16 +4,15 @@
     python benchmarks/kernel_configs.py --warps 4 8 --stages 2 3 --shapes 8x2048x16x64
     python benchmarks/kernel_configs.py --warps 4 --stages 3 --maxnreg 0 168  # register caps
     python benchmarks/kernel_configs.py --kernels wy_inverse bwd_chunk      # some kernels only
-    python benchmarks/kernel_configs.py --kernels swa --swa-blocks 64x64 128x64 64x32
+    python benchmarks/kernel_configs.py --kernels swa --swa-blocks 64x64 128x64 64x128
 
-For each kernel and each (num_warps, num_stages, maxnreg), the op's fwd+bwd runs in bf16 at the LM
-layers' shapes with only that kernel's setting changed, and torch.profiler gives that kernel's
-device time (mean over the calls). The current setting (the host code's `launch_config`) is
-marked with `*`; a setting that does not compile or launch (shared memory) says why. The
-sliding window's three kernels share one setting (and its query / key block sizes BM x BN,
-swept with `--swa-blocks`): their times are given each (fwd / dq / dk dv) and summed. Every
-setting's outputs and gradients are compared with the current setting's (the largest
-relative difference): a setting that computes something else shows it.
+For each kernel and each (num_warps, num_stages, maxnreg) - and for the sliding window's kernels
+each block size BMxBN of `--swa-blocks` - the op's fwd+bwd runs in bf16 at the LM layers'
+shapes with only that kernel's setting changed, and torch.profiler gives that kernel's device
+time (mean over the calls). The current setting (the host code's `launch_config`) is marked
+with `*`; a setting that does not compile or launch (shared memory) says why. Every setting's
+outputs and gradients are compared with the current setting's (the largest relative
+difference): a setting that computes something else shows it.
 """
 
 from __future__ import annotations
@@ -28,8 +27,17 @@ from kernels import _device_times, fwd_bwd, lm_layer_ops
 from rlmem.kernels.delta_rule import triton_chunk
 from rlmem.kernels.sliding_window import triton as swa
 
-DELTA_KERNELS = ("wy_inverse", "fwd", "bwd_state", "bwd_chunk")
-SWA_KERNELS = ("swa_fwd_kernel", "swa_bwd_dq_kernel", "swa_bwd_dkdv_kernel")
+# name -> (host module, its launch_config key, the kernel's name in the profile)
+KERNELS = {
+    "wy_inverse": (triton_chunk, "wy_inverse", "wy_inverse_kernel"),
+    "fwd": (triton_chunk, "fwd", "fwd_kernel"),
+    "bwd_state": (triton_chunk, "bwd_state", "bwd_state_kernel"),
+    "bwd_chunk": (triton_chunk, "bwd_chunk", "bwd_chunk_kernel"),
+    "swa_fwd": (swa, "fwd", "swa_fwd_kernel"),
+    "swa_dq": (swa, "dq", "swa_bwd_dq_kernel"),
+    "swa_dkdv": (swa, "dkdv", "swa_bwd_dkdv_kernel"),
+}
+SWA = ("swa_fwd", "swa_dq", "swa_dkdv")  # `--kernels swa`
 
 
 class Case:
@@ -63,19 +71,15 @@ def _cases(shape) -> tuple[Case, Case]:
     return Case(delta(True), leaves), Case(swa_op, leaves[:3])
 
 
-def _timed(case: Case, kernel_names: tuple[str, ...], reps: int) -> str:
-    """Device time (ms) per call of `kernel_names` (each, then their sum, when several) and the
-    results' difference from the current setting's, or why the setting failed."""
+def _timed(case: Case, kernel_name: str, reps: int) -> str:
+    """Device time (ms) per call of kernel `kernel_name` and the results' difference from the
+    current setting's, or why the setting failed."""
     try:
         times = _device_times(case.run, reps)
         diff = case.difference()
     except Exception as e:  # noqa: BLE001  (out of shared memory, illegal access, ...)
         return f"{type(e).__name__}: {str(e).splitlines()[0][:40]}"
-    each = [times.get(name, 0.0) for name in kernel_names]
-    text = f"{sum(each):.3f}"
-    if len(each) > 1:
-        text = " / ".join(f"{t:.3f}" for t in each) + f" = {text}"
-    return f"{text} (diff {diff:.0e})"
+    return f"{times.get(kernel_name, 0.0):.3f} (diff {diff:.0e})"
 
 
 def _settings(warps, stages, maxnregs):
@@ -83,60 +87,57 @@ def _settings(warps, stages, maxnregs):
     return [(nw, ns, mr) for nw in warps for ns in stages for mr in maxnregs]
 
 
-def _label(nw, ns, mr, current) -> str:
-    mark = "*" if (nw, ns, mr) == current else ""
-    return f"{mark}warps {nw} stages {ns}" + (f" maxnreg {mr}" if mr else "")
+def _label(setting: tuple, current: tuple) -> str:
+    blocks, nw, ns, mr = setting
+    mark = "*" if setting == current else ""
+    size = f"BM {blocks[0]} BN {blocks[1]} " if blocks else ""
+    return f"{mark}{size}warps {nw} stages {ns}" + (f" maxnreg {mr}" if mr else "")
 
 
-def _with(cfg: dict, nw: int, ns: int, mr: int) -> dict:
-    """cfg with these launch options (maxnreg caps the registers per thread: more blocks fit on
-    an SM, at the price of spills; `python benchmarks/kernel_smem.py --ptx` shows both)."""
+def _with(cfg: dict, setting: tuple) -> dict:
+    """cfg with this setting (maxnreg caps the registers per thread: more blocks fit on an SM,
+    at the price of spills; `python benchmarks/kernel_smem.py --ptx` shows both)."""
+    blocks, nw, ns, mr = setting
     out = {k: v for k, v in cfg.items() if k != "maxnreg"} | {"num_warps": nw, "num_stages": ns}
+    if blocks:
+        out |= {"BM": blocks[0], "BN": blocks[1]}
     return out | ({"maxnreg": mr} if mr else {})
+
+
+def _current(cfg: dict, with_blocks: bool) -> tuple:
+    blocks = (cfg["BM"], cfg["BN"]) if with_blocks else None
+    return blocks, cfg["num_warps"], cfg["num_stages"], cfg.get("maxnreg", 0)
 
 
 def sweep(
     shapes, warps, stages, maxnregs, reps, kernels, swa_blocks=((64, 64),)
 ) -> list[tuple[str, str, list[str]]]:
-    """Rows (kernel, setting, time per shape) of every kernel in `kernels` (names of
-    DELTA_KERNELS, "swa" for the sliding window's) and setting; the sliding window's
-    settings also over its block sizes `swa_blocks` ((BM, BN) pairs)."""
+    """Rows (kernel, setting, time per shape) of every kernel in `kernels` (names of KERNELS)
+    and setting; the sliding window's settings also over its block sizes `swa_blocks`
+    ((BM, BN) pairs)."""
     rows = []
-    base_delta, base_swa = triton_chunk.launch_config, swa.launch_config
     delta_cases, swa_cases = zip(*(_cases(s) for s in shapes))
     for case in (*delta_cases, *swa_cases):  # the current settings' results, for the diffs
         case.reference = case.results()
-    for name in (n for n in DELTA_KERNELS if n in kernels):
-        cur = base_delta(torch.bfloat16, 64, 64)[name]
-        current = (cur["num_warps"], cur["num_stages"], cur.get("maxnreg", 0))
-        for nw, ns, mr in _settings(warps, stages, maxnregs):
+    for name in (n for n in KERNELS if n in kernels):
+        module, key, profiled = KERNELS[name]
+        cases = swa_cases if module is swa else delta_cases
+        base = module.launch_config
+        current = _current(base(torch.bfloat16, 64, 64)[key], module is swa)
+        blocks = swa_blocks if module is swa else (None,)
+        for setting in ((b, *rest) for b in blocks for rest in _settings(warps, stages, maxnregs)):
 
-            def patched(dtype, DK, DV, name=name, nw=nw, ns=ns, mr=mr):
-                cfg = base_delta(dtype, DK, DV)
-                return {**cfg, name: _with(cfg[name], nw, ns, mr)}
+            def patched(dtype, DK, DV, key=key, setting=setting, base=base):
+                cfg = base(dtype, DK, DV)
+                return {**cfg, key: _with(cfg[key], setting)}
 
-            triton_chunk.launch_config = patched
-            cells = [_timed(case, (f"{name}_kernel",), reps) for case in delta_cases]
-            rows.append((name, _label(nw, ns, mr, current), cells))
+            module.launch_config = patched
+            try:
+                cells = [_timed(case, profiled, reps) for case in cases]
+            finally:
+                module.launch_config = base
+            rows.append((name, _label(setting, current), cells))
             print(rows[-1], flush=True)
-        triton_chunk.launch_config = base_delta
-    if "swa" not in kernels:
-        return rows
-    cur = base_swa(torch.bfloat16, 64, 64)
-    current = (cur["BM"], cur["BN"], cur["num_warps"], cur["num_stages"], cur.get("maxnreg", 0))
-    for bm, bn in swa_blocks:
-        for nw, ns, mr in _settings(warps, stages, maxnregs):
-
-            def patched_swa(dtype, DK, DV, bm=bm, bn=bn, nw=nw, ns=ns, mr=mr):
-                return _with(base_swa(dtype, DK, DV), nw, ns, mr) | {"BM": bm, "BN": bn}
-
-            swa.launch_config = patched_swa
-            cells = [_timed(case, SWA_KERNELS, reps) for case in swa_cases]
-            mark = "*" if (bm, bn, nw, ns, mr) == current else ""
-            label = f"{mark}BM {bm} BN {bn} " + _label(nw, ns, mr, None)
-            rows.append(("sliding window fwd / dq / dk dv", label, cells))
-            print(rows[-1], flush=True)
-    swa.launch_config = base_swa
     return rows
 
 
@@ -175,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kernels",
         nargs="+",
-        choices=[*DELTA_KERNELS, "swa"],
-        default=[*DELTA_KERNELS, "swa"],
+        choices=[*KERNELS, "swa"],
+        default=list(KERNELS),
         help="which kernels to sweep (swa: the sliding window's three)",
     )
     parser.add_argument(
@@ -191,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("needs CUDA", file=sys.stderr)
         return 2
+    kernels = [n for n in args.kernels if n != "swa"] + (list(SWA) if "swa" in args.kernels else [])
     rows = sweep(
-        args.shapes, args.warps, args.stages, args.maxnreg, args.reps, args.kernels, args.swa_blocks
+        args.shapes, args.warps, args.stages, args.maxnreg, args.reps, kernels, args.swa_blocks
     )
     heads = " | ".join("B{}xT{}xH{}xD{} (ms)".format(*s) for s in args.shapes)
     print(f"\n{torch.cuda.get_device_name(0)}; * = current setting")

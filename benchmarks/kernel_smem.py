@@ -184,7 +184,7 @@ def kernel_build(
         consts = dict(DK=DK, DV=DV, L2NORM=flags, EPS=EPS, **cfg)
         return triton_step.step_kernel, consts, ptrs, opts
     if name.startswith("swa_"):
-        cfg, opts = _split(swa.launch_config(dtype, DK, DV))
+        cfg, opts = _split(swa.launch_config(dtype, DK, DV)[name.removeprefix("swa_")])
         fn = {"swa_fwd": swa_kernels.swa_fwd_kernel, "swa_dkdv": swa_kernels.swa_bwd_dkdv_kernel,
               "swa_dq": swa_kernels.swa_bwd_dq_kernel}[name]  # fmt: skip
         consts = dict(H=4, DK=DK, DV=DV, HAS_PREFIX=flags, HAS_LO=flags, DOT_DT=dot, **cfg)

@@ -27,16 +27,18 @@ BLOCK_N = 64
 
 
 @functools.cache  # called per launch; the dicts it returns are only read
-def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict:
-    """Tile sizes and launch options of the three kernels for q, k, v of `dtype` and head dims
-    DK, DV. Hopper gives a block at most 227 KiB (232448 bytes) of shared memory; Triton's
-    3-stage pipelining of the key/value loads (4 tiles per stage with a prefix) needs up to
-    384 KiB for fp32 heads wider than 64, so those run unpipelined (num_stages=1, at most
-    144 KiB). 16-bit inputs and heads up to 64 keep the tuned settings. Sizes per case:
-    benchmarks/kernel_smem.py."""
+def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
+    """Tile sizes and launch options of each kernel for q, k, v of `dtype` and head dims DK,
+    DV: {"fwd" | "dq" | "dkdv": {constexpr or option: value}} (BM: queries per block or per
+    step, BN: keys per step or per block). Hopper gives a block at most 227 KiB (232448 bytes)
+    of shared memory; Triton's 3-stage pipelining of the key/value loads (4 tiles per stage
+    with a prefix) needs up to 384 KiB for fp32 heads wider than 64, so those run unpipelined
+    (num_stages=1, at most 144 KiB). 16-bit inputs and heads up to 64 keep the tuned settings.
+    Sizes per case: benchmarks/kernel_smem.py; a sweep: benchmarks/kernel_configs.py."""
     BK, BV = block_dim(DK), block_dim(DV)
     wide_fp32 = dtype == torch.float32 and max(BK, BV) > 64
-    return dict(BK=BK, BV=BV, BM=BLOCK_M, BN=BLOCK_N, num_warps=4, num_stages=1 if wide_fp32 else 3)
+    cfg = dict(BK=BK, BV=BV, BM=BLOCK_M, BN=BLOCK_N, num_warps=4, num_stages=1 if wide_fp32 else 3)
+    return {"fwd": cfg, "dq": dict(cfg), "dkdv": dict(cfg)}
 
 
 def _lowest_keys(B, T, window, resets, prefix_len, device) -> torch.Tensor:
@@ -60,7 +62,7 @@ def _forward(q, k, v, pk, pv, lo, window, scale):
     DV = v.shape[-1]
     has_prefix = pk is not None
     o, lse = _forward_outputs(q, v)
-    cfg = launch_config(q.dtype, DK, DV)
+    cfg = launch_config(q.dtype, DK, DV)["fwd"]
     swa_fwd_kernel[(cdiv(T, cfg["BM"]), B * H)](
         q, k, v, pk if has_prefix else k, pv if has_prefix else v, q if lo is None else lo, o,
         lse, T, window - 1, scale, H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix,
@@ -87,15 +89,15 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
     cfg = launch_config(q.dtype, DK, DV)
     meta = dict(
         H=H, DK=DK, DV=DV, HAS_PREFIX=has_prefix, HAS_LO=lo is not None,
-        DOT_DT=dot_dtype(q.dtype), **cfg,
+        DOT_DT=dot_dtype(q.dtype),
     )  # fmt: skip
     lo = q if lo is None else lo  # unread placeholder
     # dq first: it also writes delta, which the dk / dv kernel reads (same stream, in order).
-    swa_bwd_dq_kernel[(cdiv(T, cfg["BM"]), B * H)](
-        q, k, v, pk_arg, pv_arg, lo, o, do, lse, delta, dq, T, P, scale, **meta
+    swa_bwd_dq_kernel[(cdiv(T, cfg["dq"]["BM"]), B * H)](
+        q, k, v, pk_arg, pv_arg, lo, o, do, lse, delta, dq, T, P, scale, **meta, **cfg["dq"]
     )
     n_keys = T + (P if has_prefix else 0)
-    swa_bwd_dkdv_kernel[(cdiv(n_keys, cfg["BN"]), B * H)](
+    swa_bwd_dkdv_kernel[(cdiv(n_keys, cfg["dkdv"]["BN"]), B * H)](
         q,
         k,
         v,
@@ -114,6 +116,7 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
         window,
         scale,
         **meta,
+        **cfg["dkdv"],
     )
     return dq, dk, dv, (dpk if has_prefix else None), (dpv if has_prefix else None)
 
