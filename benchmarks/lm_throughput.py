@@ -146,12 +146,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_step(train_step: Callable[[], None], args: argparse.Namespace, device) -> float:
-    """Wall seconds per step of `args.steps` steps (CUDA synchronised) after `args.warmup`
-    untimed ones (compile and autotuning included)."""
+def warm_up(train_step: Callable[[], None], args: argparse.Namespace, device) -> None:
+    """`args.warmup` untimed steps (compile and autotuning included), CUDA synchronised."""
     for _ in range(args.warmup):
         train_step()
     sync(device)
+
+
+def seconds_per_step(train_step: Callable[[], None], args: argparse.Namespace, device) -> float:
+    """Wall seconds per step of `args.steps` steps (CUDA synchronised) after `warm_up`."""
+    warm_up(train_step, args, device)
     start = time.perf_counter()
     for _ in range(args.steps):
         train_step()
@@ -172,9 +176,7 @@ def measure(
     B, T = args.batch_size, args.seq_len
     if device.type == "cuda":  # the warm-up counts: CUDA graphs allocate their pool there
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
-        train_step()
-    sync(device)
+    warm_up(train_step, args, device)
     # Per-step device times too (CUDA events, no extra synchronisation): a run whose mean is
     # off shows whether one step or all of them were slow.
     events = _step_events(device, args.steps)
