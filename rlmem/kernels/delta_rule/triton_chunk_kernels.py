@@ -586,28 +586,32 @@ def bwd_chunk_kernel(
     else:
         xr = vc - ks
     u = mm(tm, bc[:, None] * xr, DOT_DT).to(DOT_DT)
-    dos = mm(doc, tl.trans(S), DOT_DT)
-    if HAS_RESETS:
-        dqc = scale * f[:, None] * dos
-        dkc = mm(g[:, None] * u, tl.trans(dS), DOT_DT)
-    else:
-        dqc = scale * dos
-        dkc = mm(u, tl.trans(dS), DOT_DT)
-    dp = tl.where(incl, scale * mm(doc, tl.trans(u), DOT_DT), 0.0).to(DOT_DT)
-    dqc += mm(dp, kc, DOT_DT)
-    dkc += mm(tl.trans(dp), qc, DOT_DT)
+    # The products run in the order that ends each tile's life soonest (registers): the dU
+    # side first (xr, Tinv and dv done with), then dL, then the dO side.
     dy = mm(tl.trans(tm), load_rows(du, b, h, t0, T, H, DV, c0, C, BV), DOT_DT)
-    dvc = bc[:, None] * dy
-    dys = mm(dy, tl.trans(S), DOT_DT)
-    if HAS_RESETS:
-        dkc -= (bc * f)[:, None] * dys
-    else:
-        dkc -= bc[:, None] * dys
     dbc = tl.sum(dy * xr, axis=1)
+    v_offs, v_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
+    tl.store(dv + v_offs, (bc[:, None] * dy).to(dv.dtype.element_ty), mask=v_mask)
+    dy = dy.to(DOT_DT)  # a dot operand from here on (as `mm` would cast it)
+    dys = mm(dy, tl.trans(S), DOT_DT)
+    if HAS_RESETS:  # noqa: SIM108  (f exists only with resets)
+        dkc = -(bc * f)[:, None] * dys
+    else:
+        dkc = -bc[:, None] * dys
     dl = tl.where(strict, -mm(dy, tl.trans(u), DOT_DT), 0.0)
     kk = mm(kc, tl.trans(kc), DOT_DT)
     dbc += tl.sum(dl * kk, axis=1)
     dkc += bc[:, None] * mm(dl, kc, DOT_DT) + mm(tl.trans(dl), bkc, DOT_DT)
+    dos = mm(doc, tl.trans(S), DOT_DT)
+    if HAS_RESETS:
+        dqc = scale * f[:, None] * dos
+        dkc += mm(g[:, None] * u, tl.trans(dS), DOT_DT)
+    else:
+        dqc = scale * dos
+        dkc += mm(u, tl.trans(dS), DOT_DT)
+    dp = tl.where(incl, scale * mm(doc, tl.trans(u), DOT_DT), 0.0).to(DOT_DT)
+    dqc += mm(dp, kc, DOT_DT)
+    dkc += mm(tl.trans(dp), qc, DOT_DT)
     if L2NORM:
         qn = load_rows(q, b, h, t0, T, H, DK, 0, C, BK) * rq[:, None]
         kn = load_rows(k, b, h, t0, T, H, DK, 0, C, BK) * rk[:, None]
@@ -616,8 +620,6 @@ def bwd_chunk_kernel(
     k_offs, k_mask = row_offsets(b, h, t0, T, H, DK, 0, C, BK)
     tl.store(dq + k_offs, dqc.to(dq.dtype.element_ty), mask=k_mask)
     tl.store(dk + k_offs, dkc.to(dk.dtype.element_ty), mask=k_mask)
-    v_offs, v_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
-    tl.store(dv + v_offs, dvc.to(dv.dtype.element_ty), mask=v_mask)
     rows = t0 + r
     tl.store(
         dbeta + (b.to(tl.int64) * T + rows) * H + h,
