@@ -55,20 +55,25 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     `bwd_chunk` splits V into 64-column blocks, one program each, whose partial dq, dk, dbeta
     are summed on the host. Sizes per case: benchmarks/kernel_smem.py.
 
-    `wy_inverse` with 16-bit heads up to 64 wide is capped at 168 registers per thread: 3 blocks
-    per SM instead of 2 for 28 bytes of spills, 0.223 -> 0.191 ms at the LM layer's shape
-    (H200, `benchmarks/kernel_configs.py`; KERNEL_NOTES.md, "Registers")."""
+    16-bit heads up to 64 wide (the LM's and the RL agents' shapes) run `wy_inverse` on 2 warps
+    (0.173 ms with 4 warps capped at 168 registers -> 0.137 ms at the LM layer's shape) and
+    `bwd_chunk` on 4 (0.330 -> 0.174 ms) (H200, `benchmarks/kernel_configs.py`;
+    KERNEL_NOTES.md, "Launch settings")."""
     BK = block_dim(DK)
     wide_fp32 = dtype == torch.float32 and BK > 64
     recurrence = dict(BK=BK, BV=_v_block(DV), num_warps=4, num_stages=2 if wide_fp32 else 3)
     small_16bit = dtype != torch.float32 and BK <= 64 and block_dim(DV) <= 64
-    wy_regs = dict(maxnreg=168) if small_16bit else {}
     return {
-        "wy_inverse": dict(BK=BK, BV=block_dim(DV), BS=SUB, num_warps=4, num_stages=3, **wy_regs),
+        "wy_inverse": dict(
+            BK=BK, BV=block_dim(DV), BS=SUB, num_warps=2 if small_16bit else 4, num_stages=3
+        ),
         "fwd": recurrence,
         "bwd_state": dict(recurrence),
         "bwd_chunk": dict(
-            BK=BK, BV=_v_block(DV) if wide_fp32 else block_dim(DV), num_warps=8, num_stages=3
+            BK=BK,
+            BV=_v_block(DV) if wide_fp32 else block_dim(DV),
+            num_warps=4 if small_16bit else 8,
+            num_stages=3,
         ),
     }
 
