@@ -87,11 +87,10 @@ def _settings(warps, stages, maxnregs):
     return [(nw, ns, mr) for nw in warps for ns in stages for mr in maxnregs]
 
 
-def _label(setting: tuple, current: tuple) -> str:
+def _label(setting: tuple) -> str:
     blocks, nw, ns, mr = setting
-    mark = "*" if setting == current else ""
     size = f"BM {blocks[0]} BN {blocks[1]} " if blocks else ""
-    return f"{mark}{size}warps {nw} stages {ns}" + (f" maxnreg {mr}" if mr else "")
+    return f"{size}warps {nw} stages {ns}" + (f" maxnreg {mr}" if mr else "")
 
 
 def _with(cfg: dict, setting: tuple) -> dict:
@@ -123,7 +122,8 @@ def sweep(
         module, key, profiled = KERNELS[name]
         cases = swa_cases if module is swa else delta_cases
         base = module.launch_config
-        current = _current(base(torch.bfloat16, 64, 64)[key], module is swa)
+        # the current setting depends on the head dim, so it is marked per shape
+        current = [_current(base(torch.bfloat16, D, D)[key], module is swa) for *_, D in shapes]
         blocks = swa_blocks if module is swa else (None,)
         for setting in ((b, *rest) for b in blocks for rest in _settings(warps, stages, maxnregs)):
 
@@ -133,10 +133,13 @@ def sweep(
 
             module.launch_config = patched
             try:
-                cells = [_timed(case, profiled, reps) for case in cases]
+                cells = [
+                    ("*" if setting == now else "") + _timed(case, profiled, reps)
+                    for case, now in zip(cases, current)
+                ]
             finally:
                 module.launch_config = base
-            rows.append((name, _label(setting, current), cells))
+            rows.append((name, _label(setting), cells))
             print(rows[-1], flush=True)
     return rows
 
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         args.shapes, args.warps, args.stages, args.maxnreg, args.reps, kernels, args.swa_blocks
     )
     heads = " | ".join("B{}xT{}xH{}xD{} (ms)".format(*s) for s in args.shapes)
-    print(f"\n{torch.cuda.get_device_name(0)}; * = current setting")
+    print(f"\n{torch.cuda.get_device_name(0)}; * = the current setting at that shape")
     print(f"| kernel | setting | {heads} |")
     print("|---|---|" + "---|" * len(args.shapes))
     for kernel, setting, cells in rows:
