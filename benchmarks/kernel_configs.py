@@ -5,9 +5,11 @@
     python benchmarks/kernel_configs.py --warps 4 --stages 3 --maxnreg 0 168  # register caps
     python benchmarks/kernel_configs.py --kernels wy_inverse bwd_chunk      # some kernels only
     python benchmarks/kernel_configs.py --kernels swa --swa-blocks 64x64 128x64 64x128
+    python benchmarks/kernel_configs.py --kernels fwd bwd_state bwd_chunk --delta-bv 64 128
 
 For each kernel and each (num_warps, num_stages, maxnreg) - and for the sliding window's kernels
-each block size BMxBN of `--swa-blocks` - the op's fwd+bwd runs in bf16 at the LM layers'
+each block size BMxBN of `--swa-blocks`, for the delta rule's fwd, bwd_state and bwd_chunk each
+state column block BV of `--delta-bv` - the op's fwd+bwd runs in bf16 at the LM layers'
 shapes with only that kernel's setting changed, and torch.profiler gives that kernel's device
 time (mean over the calls). The current setting (the host code's `launch_config`) is marked
 with `*`; a setting that does not compile or launch (shared memory) says why. Every setting's
@@ -38,6 +40,7 @@ KERNELS = {
     "swa_dkdv": (swa, "dkdv", "swa_bwd_dkdv_kernel"),
 }
 SWA = ("swa_fwd", "swa_dq", "swa_dkdv")  # `--kernels swa`
+V_BLOCKED = ("fwd", "bwd_state", "bwd_chunk")  # kernels whose grid splits V into BV blocks
 
 
 class Case:
@@ -89,7 +92,7 @@ def _settings(warps, stages, maxnregs):
 
 def _label(setting: tuple) -> str:
     blocks, nw, ns, mr = setting
-    size = f"BM {blocks[0]} BN {blocks[1]} " if blocks else ""
+    size = "".join(f"{name} {value} " for name, value in blocks or ())
     return f"{size}warps {nw} stages {ns}" + (f" maxnreg {mr}" if mr else "")
 
 
@@ -98,22 +101,29 @@ def _with(cfg: dict, setting: tuple) -> dict:
     at the price of spills; `python benchmarks/kernel_smem.py --ptx` shows both)."""
     blocks, nw, ns, mr = setting
     out = {k: v for k, v in cfg.items() if k != "maxnreg"} | {"num_warps": nw, "num_stages": ns}
-    if blocks:
-        out |= {"BM": blocks[0], "BN": blocks[1]}
-    return out | ({"maxnreg": mr} if mr else {})
+    return out | dict(blocks or ()) | ({"maxnreg": mr} if mr else {})
 
 
-def _current(cfg: dict, with_blocks: bool) -> tuple:
-    blocks = (cfg["BM"], cfg["BN"]) if with_blocks else None
+def _current(cfg: dict, block_names: tuple[str, ...]) -> tuple:
+    blocks = tuple((name, cfg[name]) for name in block_names) or None
     return blocks, cfg["num_warps"], cfg["num_stages"], cfg.get("maxnreg", 0)
 
 
+def _block_choices(name: str, swa_blocks, delta_bv) -> list[tuple | None]:
+    """The block sizes swept for kernel `name`, each ((constexpr, value), ...), or [None]."""
+    if name in SWA:
+        return [(("BM", bm), ("BN", bn)) for bm, bn in swa_blocks]
+    if name in V_BLOCKED and delta_bv:
+        return [(("BV", bv),) for bv in delta_bv]
+    return [None]
+
+
 def sweep(
-    shapes, warps, stages, maxnregs, reps, kernels, swa_blocks=((64, 64),)
+    shapes, warps, stages, maxnregs, reps, kernels, swa_blocks=((64, 64),), delta_bv=()
 ) -> list[tuple[str, str, list[str]]]:
     """Rows (kernel, setting, time per shape) of every kernel in `kernels` (names of KERNELS)
     and setting; the sliding window's settings also over its block sizes `swa_blocks`
-    ((BM, BN) pairs)."""
+    ((BM, BN) pairs), the delta rule's V-blocked kernels over the column blocks `delta_bv`."""
     rows = []
     delta_cases, swa_cases = zip(*(_cases(s) for s in shapes))
     for case in (*delta_cases, *swa_cases):  # the current settings' results, for the diffs
@@ -122,9 +132,10 @@ def sweep(
         module, key, profiled = KERNELS[name]
         cases = swa_cases if module is swa else delta_cases
         base = module.launch_config
+        blocks = _block_choices(name, swa_blocks, delta_bv)
+        names = tuple(n for n, _ in blocks[0] or ())
         # the current setting depends on the head dim, so it is marked per shape
-        current = [_current(base(torch.bfloat16, D, D)[key], module is swa) for *_, D in shapes]
-        blocks = swa_blocks if module is swa else (None,)
+        current = [_current(base(torch.bfloat16, D, D)[key], names) for *_, D in shapes]
         for setting in ((b, *rest) for b in blocks for rest in _settings(warps, stages, maxnregs)):
 
             def patched(dtype, DK, DV, key=key, setting=setting, base=base):
@@ -190,6 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[(64, 64)],
         help="the sliding window's query x key block sizes BMxBN (powers of two >= 16)",
     )
+    parser.add_argument(
+        "--delta-bv",
+        nargs="+",
+        type=int,
+        default=[],
+        help="state column blocks BV of fwd, bwd_state, bwd_chunk (powers of two >= 16; "
+        "narrower than 64 may hit Triton 3.6's wgmma bug, an illegal access that ends the "
+        "process's CUDA context: sweep those alone)",
+    )
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args(argv)  # fmt: skip
     if not torch.cuda.is_available():
@@ -197,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     kernels = [n for n in args.kernels if n != "swa"] + (list(SWA) if "swa" in args.kernels else [])
     rows = sweep(
-        args.shapes, args.warps, args.stages, args.maxnreg, args.reps, kernels, args.swa_blocks
+        args.shapes,
+        args.warps,
+        args.stages,
+        args.maxnreg,
+        args.reps,
+        kernels,
+        args.swa_blocks,
+        args.delta_bv,
     )
     heads = " | ".join("B{}xT{}xH{}xD{} (ms)".format(*s) for s in args.shapes)
     print(f"\n{torch.cuda.get_device_name(0)}; * = the current setting at that shape")
