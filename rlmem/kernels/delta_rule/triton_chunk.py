@@ -57,9 +57,10 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
 
     16-bit heads up to 64 wide (the LM's and the RL agents' shapes) run `wy_inverse` on 2 warps
     (0.173 ms with 4 warps capped at 168 registers -> 0.137 ms at the LM layer's shape) and
-    `bwd_chunk` on 4 (0.330 -> 0.174 ms); 16-bit keys wider than 64 (the paper's 128-wide heads)
-    pipeline `fwd` 2 stages deep (0.225 -> 0.187 ms at B8 T2048 H8 D128) (H200,
-    `benchmarks/kernel_configs.py`; KERNEL_NOTES.md, "Launch settings")."""
+    `bwd_chunk` on 4 (0.312 ms on 8 warps -> 0.174 ms with its products reordered); 16-bit
+    keys wider than 64 (the paper's 128-wide heads) pipeline `fwd` 2 stages deep (0.225 ->
+    0.187 ms at B8 T2048 H8 D128) (H200, `benchmarks/kernel_configs.py`; KERNEL_NOTES.md,
+    "Launch settings re-swept")."""
     BK = block_dim(DK)
     wide_fp32 = dtype == torch.float32 and BK > 64
     recurrence = dict(BK=BK, BV=_v_block(DV), num_warps=4, num_stages=2 if wide_fp32 else 3)
