@@ -6,6 +6,11 @@
 #   git worktree add --detach .base REV                       # locally, then carry .base
 #   source .device/setup.sh; bash benchmarks/gpu_compare.sh .base
 #   NEW_ENV=RLMEM_DELTA_GROUPS=auto bash benchmarks/gpu_compare.sh .   # one tree, two settings
+#   LM=1 bash benchmarks/gpu_compare.sh .base          # also the 24-layer LM step, ~5 min more
+#
+# With LM=1, `lm_throughput.py` times hqlt-sync alone (D=1024, 24 layers, 16 heads, T=2048 B=8,
+# compiled; LM_ARGS replaces those options) for base, new, base, new: alternating, so a drift
+# of the card's clock shows as disagreeing pairs rather than as a difference.
 #
 # Both sides run this tree's benchmarks/kernels.py; only the rlmem package differs (BASE's
 # comes first on PYTHONPATH), and BASE_ENV / NEW_ENV (VAR=VALUE ...) set variables for one
@@ -27,6 +32,26 @@ for side in base new; do
         profile --json "$OUT/profile-$side.json" > "$OUT/profile-$side.log" 2>&1
     echo "   exit $?"
 done
+
+LM_ARGS=${LM_ARGS:---d-model 1024 --n-layers 24 --n-heads 16 --seq-len 2048 --batch-size 8 --compile}
+if [[ ${LM:-0} == 1 ]]; then
+    for run in 1 2; do
+        for side in base new; do
+            tree=$HERE
+            vars=${NEW_ENV:-}
+            if [[ $side == base ]]; then
+                tree=$(cd "$BASE" && pwd)
+                vars=${BASE_ENV:-}
+            fi
+            echo "== LM $side $run"
+            # shellcheck disable=SC2086  # LM_ARGS is a list of options
+            env $vars PYTHONPATH="$tree:${PYTHONPATH:-}" timeout 240 python3 \
+                benchmarks/lm_throughput.py --cores hqlt-sync $LM_ARGS \
+                --json "$OUT/lm-$side-$run.json" > "$OUT/lm-$side-$run.log" 2>&1
+            echo "   exit $?"
+        done
+    done
+fi
 
 OUT="$OUT" python3 - <<'EOF'
 import json, os
@@ -53,4 +78,24 @@ for case in sides["new"]["cases"] | sides["base"]["cases"]:
         fb = f"{b:.3f}" if b is not None else "-"
         fn = f"{n:.3f}" if n is not None else "-"
         print(f"| {case} | {name} | {fb} | {fn} | {ratio} |")
+
+lm = {}
+for side in ("base", "new"):
+    for run in (1, 2):
+        try:
+            with open(os.path.join(out, f"lm-{side}-{run}.json")) as f:
+                lm[side, run] = json.load(f)["results"][0]
+        except (OSError, ValueError, IndexError, KeyError):
+            pass
+if lm:
+    print("\nLM step of hqlt-sync (lm_throughput.py), runs in the order base, new, base, new")
+    print("| side | run | tokens/s | step (ms) | min-max (ms) |")
+    print("|---|---|---|---|---|")
+    for (side, run), r in sorted(lm.items(), key=lambda kv: (kv[0][1], kv[0][0] != "base")):
+        if "error" in r:
+            print(f"| {side} | {run} | {r['error']} | | |")
+            continue
+        each = r["step_ms_each"]
+        spread = f"{min(each):.1f}-{max(each):.1f}" if each else "-"
+        print(f"| {side} | {run} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | {spread} |")
 EOF
