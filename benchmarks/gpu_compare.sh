@@ -20,35 +20,35 @@ BASE=${1:?usage: bash benchmarks/gpu_compare.sh BASE_TREE}
 OUT=${OUT:-/tmp/rlmem-compare}
 mkdir -p "$OUT"
 HERE=$(pwd)
-for side in base new; do
-    tree=$HERE
-    vars=${NEW_ENV:-}
+
+# on_side SIDE LOG CMD...: CMD with SIDE's rlmem first on PYTHONPATH and SIDE's variables set,
+# its output in LOG.
+on_side() {
+    local side=$1 log=$2 tree=$HERE vars=${NEW_ENV:-}
+    shift 2
     if [[ $side == base ]]; then
         tree=$(cd "$BASE" && pwd)
         vars=${BASE_ENV:-}
     fi
-    echo "== $side: $tree ${vars}"
-    env $vars PYTHONPATH="$tree:${PYTHONPATH:-}" timeout 300 python3 benchmarks/kernels.py \
-        profile --json "$OUT/profile-$side.json" > "$OUT/profile-$side.log" 2>&1
+    echo "== $side: $tree ${vars} ($(basename "$log"))"
+    # shellcheck disable=SC2086  # vars is a list of VAR=VALUE
+    env $vars PYTHONPATH="$tree:${PYTHONPATH:-}" "$@" > "$log" 2>&1
     echo "   exit $?"
+}
+
+for side in base new; do
+    on_side $side "$OUT/profile-$side.log" timeout 300 python3 benchmarks/kernels.py profile \
+        --json "$OUT/profile-$side.json"
 done
 
 LM_ARGS=${LM_ARGS:---d-model 1024 --n-layers 24 --n-heads 16 --seq-len 2048 --batch-size 8 --compile}
 if [[ ${LM:-0} == 1 ]]; then
     for run in 1 2; do
         for side in base new; do
-            tree=$HERE
-            vars=${NEW_ENV:-}
-            if [[ $side == base ]]; then
-                tree=$(cd "$BASE" && pwd)
-                vars=${BASE_ENV:-}
-            fi
-            echo "== LM $side $run"
             # shellcheck disable=SC2086  # LM_ARGS is a list of options
-            env $vars PYTHONPATH="$tree:${PYTHONPATH:-}" timeout 240 python3 \
+            on_side $side "$OUT/lm-$side-$run.log" timeout 240 python3 \
                 benchmarks/lm_throughput.py --cores hqlt-sync $LM_ARGS \
-                --json "$OUT/lm-$side-$run.json" > "$OUT/lm-$side-$run.log" 2>&1
-            echo "   exit $?"
+                --json "$OUT/lm-$side-$run.json"
         done
     done
 fi

@@ -18,6 +18,7 @@ import sys
 import time
 
 import torch
+from kernels import fwd_bwd
 
 import rlmem.kernels.delta_rule.triton_chunk  # noqa: F401  (registers the ops)
 import rlmem.kernels.sliding_window.triton  # noqa: F401
@@ -70,16 +71,6 @@ def per_call_us(fn, n: int = 100) -> tuple[float, float]:
     return best
 
 
-def _with_backward(op, inputs):
-    """A call of op() and the gradients of its first output for `inputs` (through autograd)."""
-
-    def run():
-        out = op()[0]
-        torch.autograd.grad(out, inputs, torch.ones_like(out), allow_unused=True)
-
-    return run
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -116,11 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
     grad_rows = {
-        "swa fwd+bwd (autograd)": _with_backward(
+        "swa fwd+bwd (autograd)": fwd_bwd(
             lambda: torch.ops.rlmem.sliding_window_fwd(*leaves[:3], None, None, None, 64, 0.125),
             leaves[:3],
         ),
-        "delta fwd+bwd G=1 (autograd)": _with_backward(
+        "delta fwd+bwd G=1 (autograd)": fwd_bwd(
             lambda: torch.ops.rlmem.delta_rule_fwd(*leaves, None, None, 0.125, True, True, 1),
             leaves,
         ),
