@@ -344,6 +344,31 @@ def bench_step(B, H, D):
         print(f"skip fla step: {e}")
 
 
+def bench_mix_norm(B, T, H, D):
+    """The gated blend + head RMSNorm of an HQLT layer: the fused kernels against the same
+    PyTorch ops compiled by Inductor (what a compiled model ran before the fused op)."""
+    from rlmem.kernels.mix_norm import mix_rms_norm
+    from rlmem.kernels.mix_norm import triton as mix_triton
+    from rlmem.kernels.mix_norm.reference import mix_rms_norm_reference
+
+    shape = f"B{B} T{T} H{H} D{D}"
+    g = torch.Generator(device=DEV).manual_seed(6)
+    a, b, z = (torch.randn(B, T, H, D, device=DEV, generator=g, dtype=torch.bfloat16)
+               .requires_grad_() for _ in range(3))  # fmt: skip
+    w = torch.ones(D, device=DEV, requires_grad=True)
+    ours = lambda: mix_rms_norm(a, b, z, w, 1e-6, impl="triton")  # noqa: E731
+    compiled = torch.compile(mix_rms_norm_reference)
+    peer = lambda: compiled(a, b, z, w, 1e-6)  # noqa: E731
+    t_fwd, t_both = bench(peer), bench(fwd_bwd(peer, (a, b, z, w)))
+    current = mix_triton.ELEMENTS
+    for elements in (1024, 2048, 4096):  # the block per program (a module setting)
+        mix_triton.ELEMENTS = elements
+        name = f"mix_rms_norm {elements}" + ("*" if elements == current else "")
+        row(name, shape, "fwd", bench(ours), "Inductor", t_fwd)
+        row(name, shape, "fwd+bwd", bench(fwd_bwd(ours, (a, b, z, w))), "Inductor", t_both)
+    mix_triton.ELEMENTS = current
+
+
 SECTIONS = {
     "delta_lm": lambda: bench_delta(8, 4096, 16, 64),
     "delta_rl": lambda: bench_delta(64, 256, 4, 64),
@@ -353,6 +378,7 @@ SECTIONS = {
         bench_swa(64, 256, 4, 64, 64),
         bench_swa(8, 4096, 16, 64, 512),
     ),
+    "mix_norm": lambda: (bench_mix_norm(8, 2048, 16, 64), bench_mix_norm(64, 256, 4, 64)),
 }
 
 

@@ -14,7 +14,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _modules, _why_not = load_kernels()
 if _modules is None:
     pytest.skip(_why_not, allow_module_level=True)
-chunk_mod, step_mod, swa_mod = _modules
+chunk_mod, step_mod, swa_mod, mix_mod = _modules
 delta_rule_triton = chunk_mod.delta_rule_triton
 delta_rule_step_triton = step_mod.delta_rule_step_triton
 sliding_window_attention_triton = swa_mod.sliding_window_attention_triton
@@ -365,6 +365,48 @@ def test_public_sliding_window_dispatches_to_triton():
     assert_close("o", o, o_ref, 1e-4)
 
 
+# ---------------------------------------------------------------- gated blend + RMSNorm
+
+
+MIX_CASES = {
+    # name: (shape [..., D], dtype, tol); rows not a multiple of the kernel's 64, odd widths
+    "rows_70_D16": ((2, 35, 16), torch.float32, 1e-5),
+    "heads_D48": ((1, 9, 3, 48), torch.float32, 1e-5),
+    "fp16_D64": ((1, 67, 2, 64), torch.float16, 1e-2),
+    "bf16_D64": ((2, 40, 2, 64), torch.bfloat16, 2e-2),
+}
+
+
+@pytest.mark.parametrize("case", list(MIX_CASES))
+def test_mix_rms_norm_matches_reference(case):
+    """Output and the gradients of a, b, the gate logits and the gain against the PyTorch ops
+    (lerp, sigmoid, rms_norm), the gain in float32 as a module's parameter is."""
+    from rlmem.kernels.mix_norm import mix_rms_norm
+
+    shape, dtype, tol = MIX_CASES[case]
+    gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
+    a, b, z = _tensors(shape, shape, shape, dtype=dtype, gen=gen)
+    weight = (1 + 0.1 * torch.randn(shape[-1], generator=gen)).to(DEVICE).requires_grad_()
+    dy = torch.randn(shape, generator=gen).to(DEVICE, dtype)
+    results = {}
+    for impl in ("triton", "torch"):
+        y = mix_rms_norm(a, b, z, weight, 1e-6, impl=impl)
+        results[impl] = (y, *torch.autograd.grad(y, (a, b, z, weight), dy))
+    assert results["triton"][0].dtype == dtype and results["triton"][4].dtype == torch.float32
+    for name, got, want in zip(("y", "da", "db", "dz", "dweight"), *results.values()):
+        assert_close(name, got, want, tol)
+
+
+def test_mix_rms_norm_names_the_expected_shapes():
+    from rlmem.kernels.mix_norm import mix_rms_norm
+
+    a = torch.zeros(2, 3, 8)
+    with pytest.raises(ValueError, match=r"gate_logits must have a's shape \[2, 3, 8\]"):
+        mix_rms_norm(a, a, torch.zeros(2, 3, 4), torch.ones(8))
+    with pytest.raises(ValueError, match=r"weight must have shape \[D\] = \[8\]"):
+        mix_rms_norm(a, a, a, torch.ones(4))
+
+
 # ---------------------------------------------------------------- custom ops and torch.compile
 
 
@@ -396,6 +438,10 @@ def test_custom_ops_pass_opcheck():
     cases.append((chunk_mod.delta_rule_fwd, (q2, k2, v2, beta2, h0, seg2, 0.25, True, True, 2)))
     no_grad2 = [x.detach() for x in (q2, k2, v2, beta2)]
     cases.append((chunk_mod.delta_rule_fwd, (*no_grad2, None, None, 0.25, True, False, 2)))
+    a, b, z = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, K), gen=gen)
+    weight = torch.rand(K, generator=gen).to(DEVICE).requires_grad_()
+    cases.append((mix_mod.mix_rms_norm_fwd, (a, b, z, weight, 1e-6)))
+    cases.append((mix_mod.mix_rms_norm_fwd, (padded, b, z, weight, 1e-6)))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

@@ -20,6 +20,7 @@ KERNEL_MODULES = (
     "rlmem.kernels.delta_rule.triton_chunk",
     "rlmem.kernels.delta_rule.triton_step",
     "rlmem.kernels.sliding_window.triton",
+    "rlmem.kernels.mix_norm.triton",
 )
 
 

@@ -150,12 +150,17 @@ class HQLTMixer(Mixer):
             new["beta"] = beta
         return new
 
+    def _output(self, o_fw, o_kv, x, impl="auto"):
+        """The memories' outputs o_fw, o_kv [..., H, d] blended, normalised per head and
+        projected: [..., D] (`impl` of the fused blend + norm)."""
+        return self.out.project(self.mixing.normed(o_fw, o_kv, x, self.out.norm, impl), x)
+
     # -- parallel form ------------------------------------------------------------------------
 
     def forward(self, x, state, resets):
         x = autocast_input(x)  # one cast for the projections, the mixer and the gate
         o_fw, o_kv, state = self.memories(x, state, resets)
-        return self.out(self.mixing(o_fw.to(o_kv.dtype), o_kv, x), x), state
+        return self._output(o_fw, o_kv, x), state
 
     def memories(self, x, state, resets):
         """Both memories' outputs before mixing: o_fw, o_kv [B, T, H, d] and the new state."""
@@ -261,8 +266,8 @@ class HQLTMixer(Mixer):
             k_kv, v[:, None], k[:, None], beta[:, None] if beta is not None else None
         )
         kv = self._push(kv, new, None, pos)
-        o = self.mixing(o_fw.to(o_kv.dtype), o_kv, x)
-        return self.out(o, x), {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
+        o = self._output(o_fw, o_kv, x, impl="torch")  # acting / decoding: cheap on the host
+        return o, {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
 
     def _chunk_step(self, q, k, v, beta, fw, kv):
         """Read the chunk-start state; when this token completes the chunk, write it all."""

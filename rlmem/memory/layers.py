@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlmem.kernels.mix_norm import mix_rms_norm
 from rlmem.memory.base import segment_ids
 
 MIXERS = ("sum", "scalar", "dynamic-scalar", "vector", "separate")
@@ -154,6 +155,24 @@ class MemoryMixing(nn.Module):
         g_fw, g_kv = gates.unflatten(-1, (2, H, d)).unbind(-3)
         return g_fw * o_fw + g_kv * o_kv
 
+    def normed(
+        self,
+        o_fw: torch.Tensor,
+        o_kv: torch.Tensor,
+        x: torch.Tensor,
+        norm: nn.RMSNorm,
+        impl: str = "auto",
+    ) -> torch.Tensor:
+        """The blend normalised per head by `norm`, in x.dtype: o_fw, o_kv [..., H, d];
+        x [..., D] -> [..., H, d]. The vector gate, the blend and the norm run as one fused
+        op (`mix_rms_norm`, `impl` as there: one kernel each way on CUDA instead of Inductor's
+        three; "torch" for single steps, whose few small ops cost the host less than a custom
+        op's launch)."""
+        if self.kind != "vector":
+            return head_rms_norm(self(o_fw.to(o_kv.dtype), o_kv, x).to(x.dtype), norm)
+        logits = self.proj(x).unflatten(-1, o_fw.shape[-2:])
+        return mix_rms_norm(o_kv.to(x.dtype), o_fw, logits, norm.weight, norm.eps, impl=impl)
+
 
 def head_rms_norm(o: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
     """`norm(o)` computed in o.dtype with the gain cast to it, outside autocast.
@@ -176,7 +195,11 @@ class HeadOutput(nn.Module):
 
     def forward(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """o [..., H, d], x [..., D] -> [..., D]"""
-        o = head_rms_norm(o.to(x.dtype), self.norm).flatten(-2)
+        return self.project(head_rms_norm(o.to(x.dtype), self.norm), x)
+
+    def project(self, o_normed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The rest after the norm: o_normed [..., H, d], x [..., D] -> [..., D]"""
+        o = o_normed.flatten(-2)
         if self.gate is not None:
             o = o * F.silu(self.gate(x))
         return self.out_proj(o)
