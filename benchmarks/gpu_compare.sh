@@ -8,13 +8,12 @@
 #   NEW_ENV=RLMEM_DELTA_GROUPS=auto bash benchmarks/gpu_compare.sh .   # one tree, two settings
 #   LM=1 bash benchmarks/gpu_compare.sh .base          # also the 24-layer LM step, ~5 min more
 #
-# With LM=1, `lm_throughput.py` times hqlt-sync alone (D=1024, 24 layers, 16 heads, T=2048 B=8,
-# compiled; LM_ARGS replaces those options) for base, new, base, new: alternating, so a drift
-# of the card's clock shows as disagreeing pairs rather than as a difference.
+# With LM=1, `benchmarks/lm_ab.sh BASE .` then times hqlt-sync's 24-layer LM step for base,
+# new, base, new (LM_ARGS and ROUNDS as there), each side's variables set.
 #
 # Both sides run this tree's benchmarks/kernels.py; only the rlmem package differs (BASE's
 # comes first on PYTHONPATH), and BASE_ENV / NEW_ENV (VAR=VALUE ...) set variables for one
-# side. Logs and JSON go to $OUT; the last lines are the table.
+# side. Logs and JSON go to $OUT; the last lines are the tables.
 set -u
 BASE=${1:?usage: bash benchmarks/gpu_compare.sh BASE_TREE}
 OUT=${OUT:-/tmp/rlmem-compare}
@@ -41,18 +40,6 @@ for side in base new; do
         --json "$OUT/profile-$side.json"
 done
 
-LM_ARGS=${LM_ARGS:---d-model 1024 --n-layers 24 --n-heads 16 --seq-len 2048 --batch-size 8 --compile}
-if [[ ${LM:-0} == 1 ]]; then
-    for run in 1 2; do
-        for side in base new; do
-            # shellcheck disable=SC2086  # LM_ARGS is a list of options
-            on_side $side "$OUT/lm-$side-$run.log" timeout 240 python3 \
-                benchmarks/lm_throughput.py --cores hqlt-sync $LM_ARGS \
-                --json "$OUT/lm-$side-$run.json"
-        done
-    done
-fi
-
 OUT="$OUT" python3 - <<'EOF'
 import json, os
 
@@ -78,24 +65,8 @@ for case in sides["new"]["cases"] | sides["base"]["cases"]:
         fb = f"{b:.3f}" if b is not None else "-"
         fn = f"{n:.3f}" if n is not None else "-"
         print(f"| {case} | {name} | {fb} | {fn} | {ratio} |")
-
-lm = {}
-for side in ("base", "new"):
-    for run in (1, 2):
-        try:
-            with open(os.path.join(out, f"lm-{side}-{run}.json")) as f:
-                lm[side, run] = json.load(f)["results"][0]
-        except (OSError, ValueError, IndexError, KeyError):
-            pass
-if lm:
-    print("\nLM step of hqlt-sync (lm_throughput.py), runs in the order base, new, base, new")
-    print("| side | run | tokens/s | step (ms) | min-max (ms) |")
-    print("|---|---|---|---|---|")
-    for (side, run), r in sorted(lm.items(), key=lambda kv: (kv[0][1], kv[0][0] != "base")):
-        if "error" in r:
-            print(f"| {side} | {run} | {r['error']} | | |")
-            continue
-        each = r["step_ms_each"]
-        spread = f"{min(each):.1f}-{max(each):.1f}" if each else "-"
-        print(f"| {side} | {run} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | {spread} |")
 EOF
+
+if [[ ${LM:-0} == 1 ]]; then
+    ENV_1=${BASE_ENV:-} ENV_2=${NEW_ENV:-} OUT="$OUT/lm" bash "$HERE/benchmarks/lm_ab.sh" "$BASE" "$HERE"
+fi

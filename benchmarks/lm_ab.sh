@@ -10,7 +10,9 @@
 # layers, 16 heads, T=2048 B=8, compiled), so a drift of the card's clock shows as rounds that
 # disagree rather than as a difference between trees. The first round also warms each tree's
 # compile caches (a fresh card's first 24-layer compile takes over 100 s): compare the later
-# rounds. Logs and JSON go to $OUT; the last lines are the table.
+# rounds. ENV_1, ENV_2, ... (VAR=VALUE ...) set variables for the first, second, ... tree (one
+# tree twice with two settings: `ENV_2=RLMEM_DELTA_GROUPS=0 bash benchmarks/lm_ab.sh . .`).
+# Logs and JSON go to $OUT; the last lines are the table.
 set -u
 (($# >= 1)) || { echo "usage: bash benchmarks/lm_ab.sh TREE [TREE ...]" >&2; exit 2; }
 OUT=${OUT:-/tmp/rlmem-lm-ab}
@@ -21,10 +23,12 @@ mkdir -p "$OUT"
 for round in $(seq "$ROUNDS"); do
     for i in $(seq $#); do
         tree=$(cd "${!i}" && pwd)
+        vars_name=ENV_$i
+        vars=${!vars_name:-}
         log="$OUT/lm-$i-$round"
-        echo "== round $round, tree $i: $tree"
-        # shellcheck disable=SC2086  # LM_ARGS is a list of options
-        (cd "$tree" && PYTHONPATH="$tree:${PYTHONPATH:-}" timeout 300 python3 \
+        echo "== round $round, tree $i: $tree $vars"
+        # shellcheck disable=SC2086  # LM_ARGS and vars are lists
+        (cd "$tree" && env $vars PYTHONPATH="$tree:${PYTHONPATH:-}" timeout 300 python3 \
             benchmarks/lm_throughput.py --cores hqlt-sync $LM_ARGS --json "$log.json" \
             > "$log.log" 2>&1)
         echo "   exit $?"
@@ -40,6 +44,7 @@ print("| tree | round | tokens/s | step (ms) | min-max (ms) |")
 print("|---|---|---|---|---|")
 for round_ in range(1, rounds + 1):
     for i, tree in enumerate(trees, 1):
+        tree += f" ({os.environ[f'ENV_{i}']})" if os.environ.get(f"ENV_{i}") else ""
         try:
             with open(os.path.join(out, f"lm-{i}-{round_}.json")) as f:
                 r = json.load(f)["results"][0]
