@@ -155,22 +155,20 @@ def sweep(
     return rows
 
 
-def parse_blocks(text: str) -> tuple[int, int]:
-    try:
-        bm, bn = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        msg = f"expected BMxBN (e.g. 128x64), got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    return bm, bn
+def x_separated(form: str, example: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type reading `form` (e.g. "BxTxHxD"): that many integers joined by "x"."""
+    count = form.count("x") + 1
 
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(x) for x in text.lower().split("x"))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {form} (e.g. {example}), got {text!r}")
+        return values
 
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    try:
-        B, T, H, D = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        msg = f"expected BxTxHxD (e.g. 8x2048x16x64), got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    return B, T, H, D
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--shapes",
         nargs="+",
-        type=parse_shape,
+        type=x_separated("BxTxHxD", "8x2048x16x64"),
         default=[(8, 2048, 16, 64), (2, 8192, 16, 64)],
         help="BxTxHxD, bf16",
     )
@@ -197,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--swa-blocks",
         nargs="+",
-        type=parse_blocks,
+        type=x_separated("BMxBN", "128x64"),
         default=[(64, 64)],
         help="the sliding window's query x key block sizes BMxBN (powers of two >= 16)",
     )
