@@ -344,26 +344,30 @@ def bench_step(B, H, D):
         print(f"skip fla step: {e}")
 
 
-def bench_mix_norm(B, T, H, D):
-    """The gated blend + head RMSNorm of an HQLT layer: the fused kernels against the same
-    PyTorch ops compiled by Inductor (what a compiled model ran before the fused op)."""
-    from rlmem.kernels.mix_norm import mix_rms_norm
+def bench_mix_norm(B, T, H, D, per_head=False):
+    """The gated blend + head RMSNorm of an HQLT layer (per_head: the dynamic-scalar mixer's
+    `scaled_mix_rms_norm`): the fused kernels against the same PyTorch ops compiled by
+    Inductor (what a compiled model ran before the fused op)."""
+    from rlmem.kernels.mix_norm import mix_rms_norm, reference, scaled_mix_rms_norm
     from rlmem.kernels.mix_norm import triton as mix_triton
-    from rlmem.kernels.mix_norm.reference import mix_rms_norm_reference
 
     shape = f"B{B} T{T} H{H} D{D}"
     g = torch.Generator(device=DEV).manual_seed(6)
-    a, b, z = (torch.randn(B, T, H, D, device=DEV, generator=g, dtype=torch.bfloat16)
-               .requires_grad_() for _ in range(3))  # fmt: skip
+    z_shape = (B, T, 2, H) if per_head else (B, T, H, D)
+    a, b, z = (torch.randn(*s, device=DEV, generator=g, dtype=torch.bfloat16).requires_grad_()
+               for s in ((B, T, H, D), (B, T, H, D), z_shape))  # fmt: skip
     w = torch.ones(D, device=DEV, requires_grad=True)
-    ours = lambda: mix_rms_norm(a, b, z, w, 1e-6, impl="triton")  # noqa: E731
-    compiled = torch.compile(mix_rms_norm_reference)
+    op = scaled_mix_rms_norm if per_head else mix_rms_norm
+    ours = lambda: op(a, b, z, w, 1e-6, impl="triton")  # noqa: E731
+    compiled = torch.compile(
+        reference.scaled_mix_rms_norm_reference if per_head else reference.mix_rms_norm_reference
+    )
     peer = lambda: compiled(a, b, z, w, 1e-6)  # noqa: E731
     t_fwd, t_both = bench(peer), bench(fwd_bwd(peer, (a, b, z, w)))
     current = mix_triton.ELEMENTS
     for elements in (1024, 2048, 4096):  # the block per program (a module setting)
         mix_triton.ELEMENTS = elements
-        name = f"mix_rms_norm {elements}" + ("*" if elements == current else "")
+        name = f"{op.__name__} {elements}" + ("*" if elements == current else "")
         row(name, shape, "fwd", bench(ours), "Inductor", t_fwd)
         row(name, shape, "fwd+bwd", bench(fwd_bwd(ours, (a, b, z, w))), "Inductor", t_both)
     mix_triton.ELEMENTS = current
@@ -378,7 +382,11 @@ SECTIONS = {
         bench_swa(64, 256, 4, 64, 64),
         bench_swa(8, 4096, 16, 64, 512),
     ),
-    "mix_norm": lambda: (bench_mix_norm(8, 2048, 16, 64), bench_mix_norm(64, 256, 4, 64)),
+    "mix_norm": lambda: (
+        bench_mix_norm(8, 2048, 16, 64),
+        bench_mix_norm(64, 256, 4, 64),
+        bench_mix_norm(8, 2048, 16, 64, per_head=True),
+    ),
 }
 
 

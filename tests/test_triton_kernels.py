@@ -397,6 +397,54 @@ def test_mix_rms_norm_matches_reference(case):
         assert_close(name, got, want, tol)
 
 
+@pytest.mark.parametrize("case", list(MIX_CASES))
+def test_scaled_mix_rms_norm_matches_reference(case):
+    """The per-head scaled blend ("dynamic-scalar" mixer): output and gradients of a, b, the
+    per-head scale logits [..., 2, H] and the gain against the PyTorch ops."""
+    from rlmem.kernels.mix_norm import scaled_mix_rms_norm
+
+    shape, dtype, tol = MIX_CASES[case]
+    shape = shape if len(shape) == 4 else (*shape[:-1], 1, shape[-1])  # [..., H, D]
+    gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
+    a, b = _tensors(shape, shape, dtype=dtype, gen=gen)
+    (z,) = _tensors((*shape[:-2], 2, shape[-2]), dtype=dtype, gen=gen)
+    weight = (1 + 0.1 * torch.randn(shape[-1], generator=gen)).to(DEVICE).requires_grad_()
+    dy = torch.randn(shape, generator=gen).to(DEVICE, dtype)
+    results = {}
+    for impl in ("triton", "torch"):
+        y = scaled_mix_rms_norm(a, b, z, weight, 1e-6, impl=impl)
+        results[impl] = (y, *torch.autograd.grad(y, (a, b, z, weight), dy))
+    assert results["triton"][0].dtype == dtype and results["triton"][4].dtype == torch.float32
+    for name, got, want in zip(("y", "da", "db", "dz", "dweight"), *results.values()):
+        assert_close(name, got, want, tol)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_every_mixer_normed_is_its_blend_then_the_head_norm(impl):
+    """`MemoryMixing.normed` (fused for the learned gates) against the mixer's own blend
+    followed by the per-head RMSNorm, in value and in every gradient, for each mixer."""
+    from rlmem.memory.layers import MIXERS, MemoryMixing, head_rms_norm
+
+    B, T, H, d = 2, 5, 3, 16
+    gen = torch.Generator().manual_seed(11)
+    for kind in MIXERS:
+        torch.manual_seed(0)
+        mixing = MemoryMixing(kind, H * d, H).to(DEVICE)
+        norm = torch.nn.RMSNorm(d, eps=1e-6).to(DEVICE)
+        torch.nn.init.normal_(norm.weight, 1.0, 0.1)
+        o_fw, o_kv, x = _tensors((B, T, H, d), (B, T, H, d), (B, T, H * d), gen=gen)
+        leaves = (o_fw, o_kv, x, norm.weight, *mixing.parameters())
+        got = mixing.normed(o_fw, o_kv, x, norm, impl=impl)
+        want = head_rms_norm(mixing(o_fw, o_kv, x), norm)
+        dy = torch.randn(got.shape, generator=gen).to(DEVICE)
+        assert_close(f"{kind} y", got, want, 1e-5)
+        grads = [torch.autograd.grad(y, leaves, dy, allow_unused=True) for y in (got, want)]
+        for i, (g, w) in enumerate(zip(*grads)):  # x is unused by the fixed mixers
+            assert (g is None) == (w is None), f"{kind} grad {i}"
+            if g is not None:
+                assert_close(f"{kind} grad {i}", g, w, 1e-5)
+
+
 def test_mix_rms_norm_names_the_expected_shapes():
     from rlmem.kernels.mix_norm import mix_rms_norm
 
@@ -405,6 +453,13 @@ def test_mix_rms_norm_names_the_expected_shapes():
         mix_rms_norm(a, a, torch.zeros(2, 3, 4), torch.ones(8))
     with pytest.raises(ValueError, match=r"weight must have shape \[D\] = \[8\]"):
         mix_rms_norm(a, a, a, torch.ones(4))
+    from rlmem.kernels.mix_norm import scaled_mix_rms_norm
+
+    expected = r"scale_logits must have shape \[\.\.\., 2, H\] = \[2, 2, 3\]"
+    with pytest.raises(ValueError, match=expected):
+        scaled_mix_rms_norm(a, a, torch.zeros(2, 3, 2), torch.ones(8))
+    with pytest.raises(ValueError, match=r"b must have a's shape \[2, 3, 8\]"):
+        scaled_mix_rms_norm(a, a[:1], torch.zeros(2, 2, 3), torch.ones(8))
 
 
 # ---------------------------------------------------------------- custom ops and torch.compile
@@ -440,8 +495,10 @@ def test_custom_ops_pass_opcheck():
     cases.append((chunk_mod.delta_rule_fwd, (*no_grad2, None, None, 0.25, True, False, 2)))
     a, b, z = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, K), gen=gen)
     weight = torch.rand(K, generator=gen).to(DEVICE).requires_grad_()
-    cases.append((mix_mod.mix_rms_norm_fwd, (a, b, z, weight, 1e-6)))
-    cases.append((mix_mod.mix_rms_norm_fwd, (padded, b, z, weight, 1e-6)))
+    cases.append((mix_mod.mix_rms_norm_fwd, (a, b, z, weight, 1e-6, False)))
+    cases.append((mix_mod.mix_rms_norm_fwd, (padded, b, z, weight, 1e-6, False)))
+    scales = _tensors((B, T, 2, H), gen=gen)[0]
+    cases.append((mix_mod.mix_rms_norm_fwd, (a, b, scales, weight, 1e-6, True)))
     for op, args in cases:
         torch.library.opcheck(op, args)
 

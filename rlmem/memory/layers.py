@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rlmem.kernels.mix_norm import mix_rms_norm
+from rlmem.kernels.mix_norm import mix_rms_norm, scaled_mix_rms_norm
 from rlmem.memory.base import segment_ids
 
 MIXERS = ("sum", "scalar", "dynamic-scalar", "vector", "separate")
@@ -164,14 +164,19 @@ class MemoryMixing(nn.Module):
         impl: str = "auto",
     ) -> torch.Tensor:
         """The blend normalised per head by `norm`, in x.dtype: o_fw, o_kv [..., H, d];
-        x [..., D] -> [..., H, d]. The vector gate, the blend and the norm run as one fused
-        op (`mix_rms_norm`, `impl` as there: one kernel each way on CUDA instead of Inductor's
-        three; "torch" for single steps, whose few small ops cost the host less than a custom
-        op's launch)."""
-        if self.kind != "vector":
-            return head_rms_norm(self(o_fw.to(o_kv.dtype), o_kv, x).to(x.dtype), norm)
-        logits = self.proj(x).unflatten(-1, o_fw.shape[-2:])
-        return mix_rms_norm(o_kv.to(x.dtype), o_fw, logits, norm.weight, norm.eps, impl=impl)
+        x [..., D] -> [..., H, d]. For the learned gates (vector, dynamic-scalar) the gates,
+        the blend and the norm run as one fused op (`mix_rms_norm`, `scaled_mix_rms_norm`;
+        `impl` as there: one kernel each way on CUDA instead of Inductor's three; "torch" for
+        single steps, whose few small ops cost the host less than a custom op's launch)."""
+        if self.kind == "vector":
+            logits = self.proj(x).unflatten(-1, o_fw.shape[-2:])
+            return mix_rms_norm(o_kv.to(x.dtype), o_fw, logits, norm.weight, norm.eps, impl=impl)
+        if self.kind == "dynamic-scalar":  # logits [..., 2, H]: o_fw's scale, then o_kv's
+            logits = self.proj(x).unflatten(-1, (2, self.n_heads))
+            return scaled_mix_rms_norm(
+                o_fw.to(x.dtype), o_kv, logits, norm.weight, norm.eps, impl=impl
+            )
+        return head_rms_norm(self(o_fw.to(o_kv.dtype), o_kv, x).to(x.dtype), norm)
 
 
 def head_rms_norm(o: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
