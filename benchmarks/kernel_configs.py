@@ -36,10 +36,13 @@ KERNELS = {
     "bwd_state": (triton_chunk, "bwd_state", "bwd_state_kernel"),
     "bwd_chunk": (triton_chunk, "bwd_chunk", "bwd_chunk_kernel"),
     "swa_fwd": (swa, "fwd", "swa_fwd_kernel"),
+    "swa_bwd": (swa, "bwd", "swa_bwd_kernel"),
     "swa_dq": (swa, "dq", "swa_bwd_dq_kernel"),
     "swa_dkdv": (swa, "dkdv", "swa_bwd_dkdv_kernel"),
 }
-SWA = ("swa_fwd", "swa_dq", "swa_dkdv")  # `--kernels swa`
+# `--kernels swa`: the LM layer's window (64) takes the one-kernel backward; swa_dq and
+# swa_dkdv run only for windows wider than its block + 1 (0.000 ms here)
+SWA = ("swa_fwd", "swa_bwd")
 V_BLOCKED = ("fwd", "bwd_state", "bwd_chunk")  # kernels whose grid splits V into BV blocks
 
 
@@ -111,7 +114,9 @@ def _current(cfg: dict, block_names: tuple[str, ...]) -> tuple:
 
 def _block_choices(name: str, swa_blocks, delta_bv) -> list[tuple | None]:
     """The block sizes swept for kernel `name`, each ((constexpr, value), ...), or [None]."""
-    if name in SWA:
+    if name == "swa_bwd":  # one block size for queries and keys
+        return [(("BM", bm),) for bm in dict.fromkeys(bm for bm, _ in swa_blocks)]
+    if name.startswith("swa_"):
         return [(("BM", bm), ("BN", bn)) for bm, bn in swa_blocks]
     if name in V_BLOCKED and delta_bv:
         return [(("BV", bv),) for bv in delta_bv]
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=[*KERNELS, "swa"],
         default=list(KERNELS),
-        help="which kernels to sweep (swa: the sliding window's three)",
+        help="which kernels to sweep (swa: the sliding window's forward and backward)",
     )
     parser.add_argument(
         "--swa-blocks",

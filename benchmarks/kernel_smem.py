@@ -29,7 +29,7 @@ HOPPER_LIMIT = 232448  # bytes of shared memory a block may opt into on H100 / H
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_DIMS = ["16x16", "32x32", "64x64", "32x96", "128x64", "64x128", "128x128"]
 KERNELS = ["wy_inverse", "fwd", "bwd_state", "bwd_chunk",
-           "step", "swa_fwd", "swa_dkdv", "swa_dq"]  # fmt: skip
+           "step", "swa_fwd", "swa_bwd", "swa_dkdv", "swa_dq"]  # fmt: skip
 _ROW_PTRS = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "pk", "pv", "dpk", "dpv", "beta",
              "w", "u0", "qn", "kn", "du")  # fmt: skip
 _INTS = ("T", "NT", "P", "W")
@@ -185,7 +185,8 @@ def kernel_build(
         return triton_step.step_kernel, consts, ptrs, opts
     if name.startswith("swa_"):
         cfg, opts = _split(swa.launch_config(dtype, DK, DV)[name.removeprefix("swa_")])
-        fn = {"swa_fwd": swa_kernels.swa_fwd_kernel, "swa_dkdv": swa_kernels.swa_bwd_dkdv_kernel,
+        fn = {"swa_fwd": swa_kernels.swa_fwd_kernel, "swa_bwd": swa_kernels.swa_bwd_kernel,
+              "swa_dkdv": swa_kernels.swa_bwd_dkdv_kernel,
               "swa_dq": swa_kernels.swa_bwd_dq_kernel}[name]  # fmt: skip
         consts = dict(H=4, DK=DK, DV=DV, HAS_PREFIX=flags, HAS_LO=flags, DOT_DT=dot, **cfg)
         return fn, consts, ptrs, opts

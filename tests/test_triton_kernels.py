@@ -321,14 +321,24 @@ SWA_CASES = {
     "plain_T63": (1, 63, 2, 16, 16, 8, None, None, 0.3, torch.float32, 1e-4),
     "window1": (1, 40, 1, 16, 16, 1, [(0, 3)], None, None, torch.float32, 1e-4),
     "window_over_T": (1, 63, 1, 24, 16, 90, [(0, 50)], [70], None, torch.float32, 1e-4),
+    # the widest window of the one-kernel backward (W - 1 = its 64-row block) and the narrowest
+    # of the two-kernel one
+    "window65_prefix": (1, 150, 1, 16, 16, 65, [(0, 100)], [64], None, torch.float32, 1e-4),
+    "window66_prefix": (1, 150, 1, 16, 16, 66, [(0, 100)], [30], None, torch.float32, 1e-4),
     "fp16": (1, 70, 1, 16, 16, 16, [(0, 10)], [15], None, torch.float16, 1e-2),
     "fp32_D128": (1, 70, 1, 128, 128, 16, [(0, 10)], [15], None, torch.float32, 1e-4),
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("one_kernel", [True, False], ids=["one-kernel-bwd", "two-kernel-bwd"])
 @pytest.mark.parametrize("case", list(SWA_CASES))
-def test_sliding_window_matches_dense_reference(case):
+def test_sliding_window_matches_dense_reference(case, one_kernel, monkeypatch):
+    """Output and gradients (prefix included) against dense masked attention, with the
+    backward as one kernel (windows up to its block + 1) and as two."""
     B, T, H, K, V, W, forced, plen, scale, dtype, tol = SWA_CASES[case]
+    if one_kernel and W - 1 > swa_mod.BLOCK_M:
+        pytest.skip("the one-kernel backward takes windows up to its block + 1")
+    monkeypatch.setattr(swa_mod, "one_kernel_backward", lambda *args: one_kernel)
     gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
     q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, V), dtype=dtype, gen=gen)
     resets = None if forced is None else _resets(B, T, gen, forced).to(DEVICE)

@@ -1,8 +1,10 @@
 """Sliding-window softmax attention in Triton: host functions and the autograd wrapper.
 
-Forward: `swa_fwd_kernel` (one program per query block). Backward: `swa_bwd_dq_kernel` (per
-query block; it also writes rowsum(o * do)) then `swa_bwd_dkdv_kernel` (per key block, prefix
-keys included).
+Forward: `swa_fwd_kernel` (one program per query block). Backward: for windows up to
+BLOCK_M + 1 (16-bit, heads up to 64: `one_kernel_backward`), `swa_bwd_kernel` (one program per
+block of positions: dq of its queries, dk and dv of its keys); otherwise `swa_bwd_dq_kernel`
+(per query block; it also writes rowsum(o * do)) then `swa_bwd_dkdv_kernel` (per key block,
+prefix keys included).
 
 Both directions are torch.library custom ops (`rlmem::sliding_window_fwd`,
 `rlmem::sliding_window_bwd`) joined by `register_autograd`, so torch.compile traces through
@@ -19,6 +21,7 @@ from rlmem.kernels.delta_rule.triton_common import block_dim, cdiv, dense, dot_d
 from rlmem.kernels.sliding_window.triton_kernels import (
     swa_bwd_dkdv_kernel,
     swa_bwd_dq_kernel,
+    swa_bwd_kernel,
     swa_fwd_kernel,
 )
 
@@ -29,8 +32,9 @@ BLOCK_N = 64
 @functools.cache  # called per launch; the dicts it returns are only read
 def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     """Tile sizes and launch options of each kernel for q, k, v of `dtype` and head dims DK,
-    DV: {"fwd" | "dq" | "dkdv": {constexpr or option: value}} (BM: queries per block or per
-    step, BN: keys per step or per block). Hopper gives a block at most 227 KiB (232448 bytes)
+    DV: {"fwd" | "bwd" | "dq" | "dkdv": {constexpr or option: value}} (BM: queries per block
+    or per step, BN: keys per step or per block; "bwd", the one-kernel backward of narrow
+    windows, has BM for both). Hopper gives a block at most 227 KiB (232448 bytes)
     of shared memory; Triton's 3-stage pipelining of the key/value loads (4 tiles per stage
     with a prefix) needs up to 384 KiB for fp32 heads wider than 64, so those run unpipelined
     (num_stages=1, at most 144 KiB). 16-bit inputs and heads up to 64 keep the tuned settings.
@@ -38,7 +42,20 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     BK, BV = block_dim(DK), block_dim(DV)
     wide_fp32 = dtype == torch.float32 and max(BK, BV) > 64
     cfg = dict(BK=BK, BV=BV, BM=BLOCK_M, BN=BLOCK_N, num_warps=4, num_stages=1 if wide_fp32 else 3)
-    return {"fwd": cfg, "dq": dict(cfg), "dkdv": dict(cfg)}
+    # the one-kernel backward (`one_kernel_backward`) has no loop to pipeline; ptxas (bf16
+    # 64x64): 216 registers per thread at 4 warps, no spills (8 warps: 202, twice the barriers)
+    bwd = dict(BK=BK, BV=BV, BM=BLOCK_M, num_warps=4, num_stages=1)
+    return {"fwd": cfg, "bwd": bwd, "dq": dict(cfg), "dkdv": dict(cfg)}
+
+
+def one_kernel_backward(dtype: torch.dtype, DK: int, DV: int, window: int) -> bool:
+    """Whether the backward runs as `swa_bwd_kernel`: windows up to BLOCK_M + 1 (a query
+    block sees two key blocks), 16-bit inputs, heads up to 64. ptxas (sm_90, 4 warps): bf16
+    64x64 216 registers per thread, no spills; bf16 128x128 1124 bytes of spills per thread
+    (the two kernels: 0 and 148); float32's exact products spill tens of KB in either form,
+    more in one kernel."""
+    narrow = max(block_dim(DK), block_dim(DV)) <= 64
+    return window - 1 <= BLOCK_M and dtype != torch.float32 and narrow
 
 
 def _lowest_keys(B, T, window, resets, prefix_len, device) -> torch.Tensor:
@@ -81,7 +98,6 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
     DV = v.shape[-1]
     P = window - 1
     has_prefix = pk is not None
-    delta = torch.empty(B, T, H, device=q.device, dtype=torch.float32)  # rowsum(o * do)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dpk = torch.empty_like(pk) if has_prefix else dk
     dpv = torch.empty_like(pv) if has_prefix else dv
@@ -92,6 +108,14 @@ def _backward(q, k, v, pk, pv, lo, o, lse, do, window, scale):
         DOT_DT=dot_dtype(q.dtype),
     )  # fmt: skip
     lo = q if lo is None else lo  # unread placeholder
+    if one_kernel_backward(q.dtype, DK, DV, window):
+        n_blocks = cdiv(T, cfg["bwd"]["BM"]) + (1 if has_prefix else 0)
+        swa_bwd_kernel[(n_blocks, B * H)](
+            q, k, v, pk_arg, pv_arg, lo, o, do, lse, dq, dk, dv, dpk, dpv, T, P, scale,
+            **meta, **cfg["bwd"],
+        )  # fmt: skip
+        return dq, dk, dv, (dpk if has_prefix else None), (dpv if has_prefix else None)
+    delta = torch.empty(B, T, H, device=q.device, dtype=torch.float32)  # rowsum(o * do)
     # dq first: it also writes delta, which the dk / dv kernel reads (same stream, in order).
     swa_bwd_dq_kernel[(cdiv(T, cfg["dq"]["BM"]), B * H)](
         q, k, v, pk_arg, pv_arg, lo, o, do, lse, delta, dq, T, P, scale, **meta, **cfg["dq"]

@@ -4,8 +4,11 @@ Keys live on one axis j in [-P, T): j < 0 is prefix entry P + j, j >= 0 is token
 may attend key j iff lo[t] <= j <= t, where lo[t] = max(t - W + 1, start of t's episode) and
 an episode that began before this call starts at -prefix_len (so invalid prefix entries and
 keys before a reset are never seen). Flash-attention style: online softmax in the forward,
-the log-sum-exp saved for the backward, which runs one kernel over query blocks (dq, and
-delta = rowsum(o * do) for the next) and then one over key blocks (dk, dv); no atomics.
+the log-sum-exp saved for the backward. For windows of at most BM + 1 (a query block sees its
+own key block and the one before; 16-bit heads up to 64, `triton.one_kernel_backward`) the
+backward is one kernel over blocks, each pair of a query block and a key block visited once
+(`swa_bwd_kernel`); otherwise one kernel over query blocks (dq, and delta = rowsum(o * do) for
+the next) and then one over key blocks (dk, dv). No atomics.
 Tensors: q, k [B, T, H, K], v [B, T, H, V], prefix [B, P, H, K|V], lo int32 [B, T],
 lse / delta float32 [B, T, H].
 """
@@ -88,6 +91,31 @@ def _key_floor(lo, b, rm, T, P, HAS_LO: tl.constexpr):
     if HAS_LO:
         return tl.load(lo + b.to(tl.int64) * T + rm, mask=rm < T, other=2147483647)
     return tl.where(rm < T, tl.maximum(rm - P, 0), 2147483647)
+
+
+@triton.jit
+def _probs_and_dscores(qt, kt, vt, dot, lse_m, dl_m, allowed, qk_scale, DOT_DT: tl.constexpr):
+    """One (query tile, key tile) pair of the backward: the probabilities p [BM, BN] (from the
+    saved log-sum-exp, 0 where not allowed) and the scores' gradient ds = p (dp - delta)."""
+    s = mm(qt, tl.trans(kt), DOT_DT) * qk_scale
+    p = tl.where(allowed, tl.exp2(s - lse_m[:, None]), 0.0)
+    dp = mm(dot, tl.trans(vt), DOT_DT)
+    return p, p * (dp - dl_m[:, None])
+
+
+@triton.jit
+def _query_rows(
+    q, o, do, lse, lo, b, h, rm, T, P, H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, HAS_LO: tl.constexpr,
+):  # fmt: skip
+    """What the backward needs of query rows rm (all >= 0): q and do tiles, the lowest key
+    each may see, its log-sum-exp and delta = rowsum(o * do) (float32 [BM] each)."""
+    qt = _load_tokens(q, b, h, rm, T, H, DK, BK)
+    dot = _load_tokens(do, b, h, rm, T, H, DV, BV)
+    ot = _load_tokens(o, b, h, rm, T, H, DV, BV)
+    dl_m = tl.sum(ot.to(tl.float32) * dot.to(tl.float32), axis=1)
+    lo_m = _key_floor(lo, b, rm, T, P, HAS_LO)
+    return qt, dot, lo_m, _load_row_vec(lse, b, h, rm, T, H, 0.0), dl_m
 
 
 @triton.jit
@@ -206,11 +234,8 @@ def swa_bwd_dkdv_kernel(
         lse_m = _load_row_vec(lse, b, h, rm, T, H, 0.0)
         dl_m = _load_row_vec(delta, b, h, rm, T, H, 0.0)
         allowed = (rj[None, :] >= lo_m[:, None]) & (rj[None, :] <= rm[:, None])
-        s = mm(qt, tl.trans(kt), DOT_DT) * qk_scale
-        p = tl.where(allowed, tl.exp2(s - lse_m[:, None]), 0.0)
+        p, ds = _probs_and_dscores(qt, kt, vt, dot, lse_m, dl_m, allowed, qk_scale, DOT_DT)
         dvt += mm(tl.trans(p), dot, DOT_DT)
-        dp = mm(dot, tl.trans(vt), DOT_DT)
-        ds = p * (dp - dl_m[:, None])
         dkt += mm(tl.trans(ds), qt, DOT_DT)
     _store_keys(dk, dpk, dkt * scale, b, h, rj, T, P, H, DK, BK, HAS_PREFIX)
     _store_keys(dv, dpv, dvt, b, h, rj, T, P, H, DV, BV, HAS_PREFIX)
@@ -266,10 +291,7 @@ def swa_bwd_dq_kernel(
         kt = _load_keys(k, pk, b, h, rj, T, P, H, DK, BK, HAS_PREFIX)
         vt = _load_keys(v, pv, b, h, rj, T, P, H, DV, BV, HAS_PREFIX)
         allowed = (rj[None, :] >= lo_m[:, None]) & (rj[None, :] <= rm[:, None])
-        s = mm(qt, tl.trans(kt), DOT_DT) * qk_scale
-        p = tl.where(allowed, tl.exp2(s - lse_m[:, None]), 0.0)
-        dp = mm(dot, tl.trans(vt), DOT_DT)
-        ds = p * (dp - dl_m[:, None])
+        _, ds = _probs_and_dscores(qt, kt, vt, dot, lse_m, dl_m, allowed, qk_scale, DOT_DT)
         dqt += mm(ds, kt, DOT_DT)
     cols = tl.arange(0, BK)
     offs = ((b.to(tl.int64) * T + rm[:, None]) * H + h) * DK + cols[None, :]
@@ -278,3 +300,89 @@ def swa_bwd_dq_kernel(
         (dqt * scale).to(dq.dtype.element_ty),
         mask=(rm[:, None] < T) & (cols[None, :] < DK),
     )
+
+
+@triton.jit
+def swa_bwd_kernel(
+    q,
+    k,
+    v,
+    pk,
+    pv,
+    lo,
+    o,
+    do,
+    lse,
+    dq,
+    dk,
+    dv,
+    dpk,
+    dpv,
+    T,
+    P,
+    scale,
+    H: tl.constexpr,
+    DK: tl.constexpr,
+    DV: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BM: tl.constexpr,
+    HAS_PREFIX: tl.constexpr,
+    HAS_LO: tl.constexpr,
+    DOT_DT: tl.constexpr,
+):
+    """The whole backward for windows W <= BM + 1 (P = W - 1 <= BM): block i (positions
+    [i BM, (i + 1) BM)) of queries sees only key blocks i - 1 and i, so program i writes dk, dv
+    of key block i from query blocks i + 1 and i, and dq of query block i from key blocks i and
+    i - 1: each pair's scores and gradients once (the diagonal pair serves all three), where
+    the two-kernel backward computes every pair twice. Grid (cdiv(T, BM) + HAS_PREFIX, B*H);
+    with a prefix, program 0 is block -1, the prefix keys (positions -BM..-1, those below -P
+    masked)."""
+    if HAS_PREFIX:  # noqa: SIM108
+        i = tl.program_id(0) - 1
+    else:
+        i = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    b = i_bh // H
+    h = i_bh % H
+    r = i * BM + tl.arange(0, BM)  # this block's positions, as keys and as queries
+    kt = _load_keys(k, pk, b, h, r, T, P, H, DK, BK, HAS_PREFIX)
+    vt = _load_keys(v, pv, b, h, r, T, P, H, DV, BV, HAS_PREFIX)
+    qk_scale = scale * 1.4426950408889634
+
+    # query block i + 1 against these keys (rows past T have no allowed key)
+    rn = r + BM
+    qt, dot, lo_m, lse_m, dl_m = _query_rows(
+        q, o, do, lse, lo, b, h, rn, T, P, H, DK, DV, BK, BV, HAS_LO
+    )
+    allowed = (r[None, :] >= lo_m[:, None]) & (r[None, :] <= rn[:, None])
+    p, ds = _probs_and_dscores(qt, kt, vt, dot, lse_m, dl_m, allowed, qk_scale, DOT_DT)
+    dvt = mm(tl.trans(p), dot, DOT_DT)
+    dkt = mm(tl.trans(ds), qt, DOT_DT)
+
+    if i >= 0:  # the prefix block has no queries
+        # the diagonal pair: query block i against key block i
+        qt, dot, lo_m, lse_m, dl_m = _query_rows(
+            q, o, do, lse, lo, b, h, r, T, P, H, DK, DV, BK, BV, HAS_LO
+        )
+        allowed = (r[None, :] >= lo_m[:, None]) & (r[None, :] <= r[:, None])
+        p, ds = _probs_and_dscores(qt, kt, vt, dot, lse_m, dl_m, allowed, qk_scale, DOT_DT)
+        dvt += mm(tl.trans(p), dot, DOT_DT)
+        dkt += mm(tl.trans(ds), qt, DOT_DT)
+        dqt = mm(ds, kt, DOT_DT)
+        # query block i against key block i - 1 (every key there is older than every query)
+        rp = r - BM
+        kp = _load_keys(k, pk, b, h, rp, T, P, H, DK, BK, HAS_PREFIX)
+        vp = _load_keys(v, pv, b, h, rp, T, P, H, DV, BV, HAS_PREFIX)
+        allowed = rp[None, :] >= lo_m[:, None]
+        _, ds = _probs_and_dscores(qt, kp, vp, dot, lse_m, dl_m, allowed, qk_scale, DOT_DT)
+        dqt += mm(ds, kp, DOT_DT)
+        cols = tl.arange(0, BK)
+        offs = ((b.to(tl.int64) * T + r[:, None]) * H + h) * DK + cols[None, :]
+        tl.store(
+            dq + offs,
+            (dqt * scale).to(dq.dtype.element_ty),
+            mask=(r[:, None] < T) & (cols[None, :] < DK),
+        )
+    _store_keys(dk, dpk, dkt * scale, b, h, r, T, P, H, DK, BK, HAS_PREFIX)
+    _store_keys(dv, dpv, dvt, b, h, r, T, P, H, DV, BV, HAS_PREFIX)
