@@ -30,6 +30,14 @@ def _load_tokens(x, b, h, rows, T, H: tl.constexpr, D: tl.constexpr, BD: tl.cons
 
 
 @triton.jit
+def _store_tokens(x, val, b, h, rows, T, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+    """Rows `rows` (all >= 0) of x [B, T, H, D] from val [len(rows), BD], in x's dtype."""
+    cols = tl.arange(0, BD)
+    offs = ((b.to(tl.int64) * T + rows[:, None]) * H + h) * D + cols[None, :]
+    tl.store(x + offs, val.to(x.dtype.element_ty), mask=(rows[:, None] < T) & (cols[None, :] < D))
+
+
+@triton.jit
 def _load_keys(
     x,
     px,
@@ -170,10 +178,7 @@ def swa_fwd_kernel(
         acc = acc * alpha[:, None] + mm(p, vt, DOT_DT)
         m_i = m_new
     l_i = tl.where(l_i > 0, l_i, 1.0)
-    out = acc / l_i[:, None]
-    cols = tl.arange(0, BV)
-    o_offs = ((b.to(tl.int64) * T + rm[:, None]) * H + h) * DV + cols[None, :]
-    tl.store(o + o_offs, out.to(o.dtype.element_ty), mask=(rm[:, None] < T) & (cols[None, :] < DV))
+    _store_tokens(o, acc / l_i[:, None], b, h, rm, T, H, DV, BV)
     # log-sum-exp in base-2 units of the scaled scores
     tl.store(lse + (b.to(tl.int64) * T + rm) * H + h, m_i + tl.log2(l_i), mask=rm < T)
 
@@ -293,13 +298,7 @@ def swa_bwd_dq_kernel(
         allowed = (rj[None, :] >= lo_m[:, None]) & (rj[None, :] <= rm[:, None])
         _, ds = _probs_and_dscores(qt, kt, vt, dot, lse_m, dl_m, allowed, qk_scale, DOT_DT)
         dqt += mm(ds, kt, DOT_DT)
-    cols = tl.arange(0, BK)
-    offs = ((b.to(tl.int64) * T + rm[:, None]) * H + h) * DK + cols[None, :]
-    tl.store(
-        dq + offs,
-        (dqt * scale).to(dq.dtype.element_ty),
-        mask=(rm[:, None] < T) & (cols[None, :] < DK),
-    )
+    _store_tokens(dq, dqt * scale, b, h, rm, T, H, DK, BK)
 
 
 @triton.jit
@@ -377,12 +376,6 @@ def swa_bwd_kernel(
         allowed = rp[None, :] >= lo_m[:, None]
         _, ds = _probs_and_dscores(qt, kp, vp, dot, lse_m, dl_m, allowed, qk_scale, DOT_DT)
         dqt += mm(ds, kp, DOT_DT)
-        cols = tl.arange(0, BK)
-        offs = ((b.to(tl.int64) * T + r[:, None]) * H + h) * DK + cols[None, :]
-        tl.store(
-            dq + offs,
-            (dqt * scale).to(dq.dtype.element_ty),
-            mask=(r[:, None] < T) & (cols[None, :] < DK),
-        )
+        _store_tokens(dq, dqt * scale, b, h, r, T, H, DK, BK)
     _store_keys(dk, dpk, dkt * scale, b, h, r, T, P, H, DK, BK, HAS_PREFIX)
     _store_keys(dv, dpv, dvt, b, h, r, T, P, H, DV, BV, HAS_PREFIX)
