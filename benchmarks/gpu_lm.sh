@@ -16,7 +16,9 @@
 # PARITY_S (a cap on each run's training seconds, default 150; the learning-rate schedule decays
 # fully by whichever budget ends first), LM_STEPS (optimiser steps of run 3, default 300), SECTIONS (which of
 # 1 2 3 to run, default "1 2 3"; e.g. SECTIONS=2 for the throughput runs alone), COMPILE_MODE
-# (torch.compile mode of the compiled throughput runs, e.g. reduce-overhead for CUDA graphs).
+# (torch.compile mode of the compiled throughput runs, e.g. reduce-overhead for CUDA graphs),
+# CORE_OPT (key=value ... for the throughput runs' cores, e.g. mixer=dynamic-scalar: the
+# same-size hqlt-sync, 342.3M parameters against the transformer's 341.1M).
 set -u
 OUT=${OUT:-/tmp/rlmem-lm}
 mkdir -p "$OUT"
@@ -43,9 +45,9 @@ done
 fi
 
 if run_section 2; then
-echo "== (2) LM training throughput (D=1024, 24 layers, 16 heads, bf16): T=2048 B=8 eager and compiled, T=8192 B=2 compiled"
+echo "== (2) LM training throughput (D=1024, 24 layers, 16 heads, bf16${CORE_OPT:+, $CORE_OPT}): T=2048 B=8 eager and compiled, T=8192 B=2 compiled"
 CORES="hqlt-sync transformer sdpa-transformer"
-SHAPE="--d-model 1024 --n-layers 24 --n-heads 16"
+SHAPE="--d-model 1024 --n-layers 24 --n-heads 16 ${CORE_OPT:+--core-opt $CORE_OPT}"
 timeout 150 python3 benchmarks/lm_throughput.py --cores $CORES $SHAPE --seq-len 2048 \
     --batch-size 8 --steps 10 --warmup 3 --json "$OUT/throughput.json" 2>&1 \
     | tee "$OUT/throughput.log" | grep -v '^{'
