@@ -280,12 +280,9 @@ def swa_bwd_dq_kernel(
     b = i_bh // H
     h = i_bh % H
     rm = i_m * BM + tl.arange(0, BM)
-    qt = _load_tokens(q, b, h, rm, T, H, DK, BK)
-    dot = _load_tokens(do, b, h, rm, T, H, DV, BV)
-    lo_m = _key_floor(lo, b, rm, T, P, HAS_LO)
-    lse_m = _load_row_vec(lse, b, h, rm, T, H, 0.0)
-    ot = _load_tokens(o, b, h, rm, T, H, DV, BV)
-    dl_m = tl.sum(ot.to(tl.float32) * dot.to(tl.float32), axis=1)
+    qt, dot, lo_m, lse_m, dl_m = _query_rows(
+        q, o, do, lse, lo, b, h, rm, T, P, H, DK, DV, BK, BV, HAS_LO
+    )
     tl.store(delta + (b.to(tl.int64) * T + rm) * H + h, dl_m, mask=rm < T)
     j_start = tl.min(lo_m, axis=0)
     j_end = tl.minimum(i_m * BM + BM, T)
