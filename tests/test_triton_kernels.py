@@ -387,6 +387,20 @@ MIX_CASES = {
 }
 
 
+def _assert_mix_op_matches_reference(op, a, b, z, dtype, tol, gen):
+    """`op(a, b, z, weight)` by Triton against its PyTorch reference: the output and the
+    gradients of a, b, z and the gain, the gain in float32 as a module's parameter is."""
+    weight = (1 + 0.1 * torch.randn(a.shape[-1], generator=gen)).to(DEVICE).requires_grad_()
+    dy = torch.randn(a.shape, generator=gen).to(DEVICE, dtype)
+    results = {}
+    for impl in ("triton", "torch"):
+        y = op(a, b, z, weight, 1e-6, impl=impl)
+        results[impl] = (y, *torch.autograd.grad(y, (a, b, z, weight), dy))
+    assert results["triton"][0].dtype == dtype and results["triton"][4].dtype == torch.float32
+    for name, got, want in zip(("y", "da", "db", "dz", "dweight"), *results.values()):
+        assert_close(name, got, want, tol)
+
+
 @pytest.mark.parametrize("case", list(MIX_CASES))
 def test_mix_rms_norm_matches_reference(case):
     """Output and the gradients of a, b, the gate logits and the gain against the PyTorch ops
@@ -396,15 +410,7 @@ def test_mix_rms_norm_matches_reference(case):
     shape, dtype, tol = MIX_CASES[case]
     gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
     a, b, z = _tensors(shape, shape, shape, dtype=dtype, gen=gen)
-    weight = (1 + 0.1 * torch.randn(shape[-1], generator=gen)).to(DEVICE).requires_grad_()
-    dy = torch.randn(shape, generator=gen).to(DEVICE, dtype)
-    results = {}
-    for impl in ("triton", "torch"):
-        y = mix_rms_norm(a, b, z, weight, 1e-6, impl=impl)
-        results[impl] = (y, *torch.autograd.grad(y, (a, b, z, weight), dy))
-    assert results["triton"][0].dtype == dtype and results["triton"][4].dtype == torch.float32
-    for name, got, want in zip(("y", "da", "db", "dz", "dweight"), *results.values()):
-        assert_close(name, got, want, tol)
+    _assert_mix_op_matches_reference(mix_rms_norm, a, b, z, dtype, tol, gen)
 
 
 @pytest.mark.parametrize("case", list(MIX_CASES))
@@ -418,15 +424,7 @@ def test_scaled_mix_rms_norm_matches_reference(case):
     gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
     a, b = _tensors(shape, shape, dtype=dtype, gen=gen)
     (z,) = _tensors((*shape[:-2], 2, shape[-2]), dtype=dtype, gen=gen)
-    weight = (1 + 0.1 * torch.randn(shape[-1], generator=gen)).to(DEVICE).requires_grad_()
-    dy = torch.randn(shape, generator=gen).to(DEVICE, dtype)
-    results = {}
-    for impl in ("triton", "torch"):
-        y = scaled_mix_rms_norm(a, b, z, weight, 1e-6, impl=impl)
-        results[impl] = (y, *torch.autograd.grad(y, (a, b, z, weight), dy))
-    assert results["triton"][0].dtype == dtype and results["triton"][4].dtype == torch.float32
-    for name, got, want in zip(("y", "da", "db", "dz", "dweight"), *results.values()):
-        assert_close(name, got, want, tol)
+    _assert_mix_op_matches_reference(scaled_mix_rms_norm, a, b, z, dtype, tol, gen)
 
 
 @pytest.mark.parametrize("impl", ["triton", "torch"])
