@@ -39,7 +39,7 @@ class SDPAMixer(AttentionMixer):
     """The transformer core's attention through torch SDPA: full causal context, fresh state."""
 
     def forward(self, x, state, resets):
-        q, k, v, _, _ = self.proj(x, {}, resets)  # (B, T, H, d)
+        q, k, v, _, _, _ = self.proj(x, {}, resets)  # (B, T, H, d)
         if self.use_rope:  # the same RoPE as the transformer core
             pos = torch.arange(x.shape[1], device=x.device).expand(x.shape[:2])
             cos, sin = rope_tables(pos, self.head_dim, q.dtype)

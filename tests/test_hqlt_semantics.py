@@ -27,17 +27,17 @@ def _branches_change(mixer, t, j):
     project = mixer.proj.forward
     bump = torch.randn(2, *mixer.proj(x, {}, resets)[1].shape[2:])
 
-    def perturbed_key_and_value(x, state, resets):
-        q, k, v, beta, state = project(x, state, resets)
+    def perturbed_key_and_value(x, state, resets, extra_weight=None):
+        q, k, v, beta, extra, state = project(x, state, resets, extra_weight)
         k, v = k.clone(), v.clone()
         k[:, j] += bump[0]
         v[:, j] += bump[1]
-        return q, k, v, beta, state
+        return q, k, v, beta, extra, state
 
     with torch.no_grad():
-        fw, kv, _ = mixer.memories(x, state, resets)
+        fw, kv, _, _ = mixer.memories(x, state, resets)
         mixer.proj.forward = perturbed_key_and_value
-        fw2, kv2, _ = mixer.memories(x, state, resets)
+        fw2, kv2, _, _ = mixer.memories(x, state, resets)
         mixer.proj.forward = project
     changed = lambda a, b: not torch.allclose(a[0, t], b[0, t], atol=1e-6)
     return changed(fw, fw2), changed(kv, kv2)

@@ -512,8 +512,12 @@ def test_custom_ops_pass_opcheck():
 
 
 @pytest.mark.parametrize("with_resets", [True, False], ids=["resets", "no-resets"])
-@pytest.mark.parametrize("core_name", ["hqlt-sync", "transformer"])
-def test_core_compiles_in_one_graph(core_name, with_resets, monkeypatch):
+@pytest.mark.parametrize(
+    "core_name, opts",
+    [("hqlt-sync", {}), ("hqlt-sync", {"mixer": "dynamic-scalar"}), ("transformer", {"window": 8})],
+    ids=["hqlt-sync", "hqlt-sync-dynamic-scalar", "transformer"],
+)
+def test_core_compiles_in_one_graph(core_name, opts, with_resets, monkeypatch):
     """torch.compile(fullgraph=True) traces a core through the Triton ops (no graph break) and
     gives the eager outputs, final state and gradients (Inductor on CUDA; on CPU the aot_eager
     backend, which runs the traced graphs op by op, saving a C++ build); from a fresh state,
@@ -523,7 +527,6 @@ def test_core_compiles_in_one_graph(core_name, with_resets, monkeypatch):
 
     monkeypatch.setenv("RLMEM_IMPL", "triton")
     torch.manual_seed(8)
-    opts = {"window": 8} if core_name == "transformer" else {}
     core = make_core(core_name, d_model=32, n_layers=2, n_heads=2, **opts).to(DEVICE)
     x = torch.randn(2, 40, 32, device=DEVICE, requires_grad=True)
     resets = None

@@ -79,7 +79,7 @@ class AttentionMixer(Mixer):
     def forward(self, x, state, resets):
         fresh, read_resets = state is None, resets
         state, resets = self.filled(x, state, resets)
-        q, k, v, _, _ = self.proj(x, {}, resets)
+        q, k, v, _, _, _ = self.proj(x, {}, resets)
         pos = positions(resets, state["pos"])
         if self.use_rope:  # one cos/sin table for both
             cos, sin = rope_tables(pos, self.head_dim, q.dtype)

@@ -35,14 +35,14 @@ class DeltaNetMixer(Mixer):
         read_fw = None if state is None else state["fw"]  # None: the kernels start from zeros
         read_resets = resets
         state, resets = self.filled(x, state, resets)
-        q, k, v, beta, proj_state = self.proj(x, state, resets)
+        q, k, v, beta, _, proj_state = self.proj(x, state, resets)
         o, fw = delta_rule(
             F.silu(q), F.silu(k), F.silu(v), beta, initial_state=read_fw, resets=read_resets
         )
         return self.out(o, x), {**proj_state, "fw": fw}
 
     def step(self, x, state):
-        q, k, v, beta, proj_state = self.proj(x[:, None], state, _no_resets(x))
+        q, k, v, beta, _, proj_state = self.proj(x[:, None], state, _no_resets(x))
         o, fw = delta_rule_step(
             F.silu(q[:, 0]), F.silu(k[:, 0]), F.silu(v[:, 0]), beta[:, 0], state["fw"]
         )
@@ -68,14 +68,14 @@ class LinearMixer(Mixer):
         read_fw = None if state is None else state["fw"]  # None: the kernels start from zeros
         read_resets = resets
         state, resets = self.filled(x, state, resets)
-        q, k, v, _, proj_state = self.proj(x, state, resets)
+        q, k, v, _, _, proj_state = self.proj(x, state, resets)
         o, fw = linear_attention(
             elu_feature(q), elu_feature(k), v, initial_state=read_fw, resets=read_resets
         )
         return self.out(o, x), {**proj_state, "fw": fw}
 
     def step(self, x, state):
-        q, k, v, _, proj_state = self.proj(x[:, None], state, _no_resets(x))
+        q, k, v, _, _, proj_state = self.proj(x[:, None], state, _no_resets(x))
         o, fw = linear_attention_step(
             elu_feature(q[:, 0]), elu_feature(k[:, 0]), v[:, 0], state["fw"]
         )

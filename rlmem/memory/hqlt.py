@@ -100,15 +100,18 @@ class HQLTMixer(Mixer):
     # -- shared parts -------------------------------------------------------------------------
 
     def _inputs(self, x, state, resets):
-        """Projections and positions: q, k raw [B, T, H, d], v = SiLU, rotated q/k for KV."""
-        q, k, v, beta, proj_state = self.proj(x, state, resets)
+        """Projections and positions: q, k raw [B, T, H, d], v = SiLU, rotated q/k for KV,
+        and the mixer's gate logits [B, T, E] if narrow enough to share their GEMM (else None:
+        the mixer computes them)."""
+        mix_weight = self.mixing.fusable_weight
+        q, k, v, beta, mix_logits, proj_state = self.proj(x, state, resets, mix_weight)
         v = F.silu(v)
         pos = positions(resets, state["pos"])
         q_kv, k_kv = q, k
         if self.use_rope:  # one cos/sin table for both
             cos, sin = rope_tables(pos, self.head_dim, q.dtype)
             q_kv, k_kv = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return q, k, v, beta, q_kv, k_kv, pos, proj_state
+        return q, k, v, beta, q_kv, k_kv, mix_logits, pos, proj_state
 
     def _attend(self, q_kv, k_kv, v, kv, resets, pos):
         """KV memory output [B, T, H, d]."""
@@ -150,20 +153,23 @@ class HQLTMixer(Mixer):
             new["beta"] = beta
         return new
 
-    def _output(self, o_fw, o_kv, x, impl="auto"):
-        """The memories' outputs o_fw, o_kv [..., H, d] blended, normalised per head and
-        projected: [..., D] (`impl` of the fused blend + norm)."""
-        return self.out.project(self.mixing.normed(o_fw, o_kv, x, self.out.norm, impl), x)
+    def _output(self, o_fw, o_kv, mix_logits, x, impl="auto"):
+        """The memories' outputs o_fw, o_kv [..., H, d] blended (the mixer's gate logits
+        [..., E] if computed already, else None), normalised per head and projected: [..., D]
+        (`impl` of the fused blend + norm)."""
+        o = self.mixing.normed(o_fw, o_kv, x, self.out.norm, impl, logits=mix_logits)
+        return self.out.project(o, x)
 
     # -- parallel form ------------------------------------------------------------------------
 
     def forward(self, x, state, resets):
         x = autocast_input(x)  # one cast for the projections, the mixer and the gate
-        o_fw, o_kv, state = self.memories(x, state, resets)
-        return self._output(o_fw, o_kv, x), state
+        o_fw, o_kv, mix_logits, state = self.memories(x, state, resets)
+        return self._output(o_fw, o_kv, mix_logits, x), state
 
     def memories(self, x, state, resets):
-        """Both memories' outputs before mixing: o_fw, o_kv [B, T, H, d] and the new state."""
+        """Both memories' outputs before mixing: o_fw, o_kv [B, T, H, d], the mixer's gate
+        logits [B, T, E] (None where the mixer computes them) and the new state."""
         sync = self.variant in ("sync", "sync-linear")
         fresh, no_resets = state is None, resets is None
         state, resets = self.filled(x, state, resets)
@@ -172,7 +178,7 @@ class HQLTMixer(Mixer):
         read_kv = None if sync and fresh else state["kv"]
         read_fw = None if sync and fresh else state["fw"]
         read_resets = None if sync and no_resets else resets
-        q, k, v, beta, q_kv, k_kv, pos, proj_state = self._inputs(x, state, resets)
+        q, k, v, beta, q_kv, k_kv, mix_logits, pos, proj_state = self._inputs(x, state, resets)
         kv = state["kv"]
         o_kv = self._attend(q_kv, k_kv, v, read_kv, read_resets, pos)
         if self.variant == "sync":
@@ -188,7 +194,7 @@ class HQLTMixer(Mixer):
         else:
             o_fw, fw = self._chunk_fw(q, k, v, beta, state["fw"], kv, resets, pos)
         kv = self._push(kv, self._new_entries(k_kv, v, k, beta), resets, pos)
-        return o_fw, o_kv, {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
+        return o_fw, o_kv, mix_logits, {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
 
     def _stream_fw(self, q, k, v, beta, fw, kv, resets):
         """At t, write the pair of t-S (from the buffer or this call) with beta_t, then read."""
@@ -246,7 +252,9 @@ class HQLTMixer(Mixer):
     def step(self, x, state):
         x = autocast_input(x)
         no_resets = torch.zeros(x.shape[0], 1, dtype=torch.bool, device=x.device)
-        q, k, v, beta, q_kv, k_kv, pos, proj_state = self._inputs(x[:, None], state, no_resets)
+        q, k, v, beta, q_kv, k_kv, mix_logits, pos, proj_state = self._inputs(
+            x[:, None], state, no_resets
+        )
         kv = state["kv"]
         o_kv = self._attend(q_kv, k_kv, v, kv, no_resets, pos)[:, 0]
         q, k, v = q[:, 0], k[:, 0], v[:, 0]
@@ -266,7 +274,9 @@ class HQLTMixer(Mixer):
             k_kv, v[:, None], k[:, None], beta[:, None] if beta is not None else None
         )
         kv = self._push(kv, new, None, pos)
-        o = self._output(o_fw, o_kv, x, impl="torch")  # acting / decoding: cheap on the host
+        logits = None if mix_logits is None else mix_logits[:, 0]
+        # acting / decoding: the PyTorch blend costs the host less than the custom op
+        o = self._output(o_fw, o_kv, logits, x, impl="torch")
         return o, {**proj_state, "fw": fw, "kv": kv, "pos": pos[:, -1] + 1}
 
     def _chunk_step(self, q, k, v, beta, fw, kv):

@@ -123,6 +123,9 @@ class MemoryMixing(nn.Module):
 
     sum: o = o_fw + o_kv; scalar: two learnable scalars; dynamic-scalar: per-head sigmoid
     pair from x; vector (default): convex per-channel sigmoid gate; separate: two gates.
+    The gates' logits come from `proj` (a bias-free linear map of x, None for sum and
+    scalar); a layer may compute narrow ones beside its other narrow projection
+    (`fusable_weight`, `QKVProjection`'s `extra_weight`) and hand them to `normed`.
     """
 
     def __init__(self, kind: str, d_model: int, n_heads: int):
@@ -130,6 +133,7 @@ class MemoryMixing(nn.Module):
         if kind not in MIXERS:
             raise ValueError(f"unknown mixer {kind!r}; valid mixers: {', '.join(MIXERS)}")
         self.kind, self.n_heads = kind, n_heads
+        self.proj = None
         if kind == "scalar":
             self.scales = nn.Parameter(torch.ones(2))
         elif kind == "dynamic-scalar":
@@ -139,14 +143,33 @@ class MemoryMixing(nn.Module):
         elif kind == "separate":
             self.proj = nn.Linear(d_model, 2 * d_model, bias=False)
 
-    def forward(self, o_fw: torch.Tensor, o_kv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """o_fw, o_kv [..., H, d]; x [..., D] -> [..., H, d]."""
+    @property
+    def fusable_weight(self) -> torch.Tensor | None:
+        """proj's weight [2H, D] for the dynamic-scalar gates, whose few logits a layer best
+        computes in one GEMM with beta's (x read once, one small GEMM each way); None otherwise:
+        the vector gate's D logits would come back as a strided slice of a wider output,
+        which the fused blend would copy both ways."""
+        return self.proj.weight if self.kind == "dynamic-scalar" else None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The gates' logits proj(x) [..., E], or None for the fixed mixers."""
+        return None if self.proj is None else self.proj(x)
+
+    def forward(
+        self,
+        o_fw: torch.Tensor,
+        o_kv: torch.Tensor,
+        x: torch.Tensor,
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """o_fw, o_kv [..., H, d]; x [..., D] -> [..., H, d]. logits: `logits(x)` if already
+        computed."""
         H, d = o_fw.shape[-2:]
         if self.kind == "sum":
             return o_fw + o_kv
         if self.kind == "scalar":
             return self.scales[0] * o_fw + self.scales[1] * o_kv
-        gates = torch.sigmoid(self.proj(x))
+        gates = torch.sigmoid(self.logits(x) if logits is None else logits)
         if self.kind == "dynamic-scalar":
             a_fw, a_kv = gates.unflatten(-1, (2, H))[..., None].unbind(-3)
             return a_fw * o_fw + a_kv * o_kv
@@ -162,21 +185,22 @@ class MemoryMixing(nn.Module):
         x: torch.Tensor,
         norm: nn.RMSNorm,
         impl: str = "auto",
+        logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The blend normalised per head by `norm`, in x.dtype: o_fw, o_kv [..., H, d];
-        x [..., D] -> [..., H, d]. For the learned gates (vector, dynamic-scalar) the gates,
-        the blend and the norm run as one fused op (`mix_rms_norm`, `scaled_mix_rms_norm`;
-        `impl` as there: one kernel each way on CUDA instead of Inductor's three; "torch" for
-        single steps, whose few small ops cost the host less than a custom op's launch)."""
+        x [..., D] -> [..., H, d] (logits: `logits(x)` if already computed). For the learned
+        gates (vector, dynamic-scalar) the gates, the blend and the norm run as one fused op
+        (`mix_rms_norm`, `scaled_mix_rms_norm`; `impl` as there: one kernel each way on CUDA
+        instead of Inductor's three; "torch" for single steps, whose few small ops cost the
+        host less than a custom op's launch)."""
+        if self.kind not in ("vector", "dynamic-scalar"):
+            return head_rms_norm(self(o_fw.to(o_kv.dtype), o_kv, x, logits).to(x.dtype), norm)
+        logits = self.logits(x) if logits is None else logits
         if self.kind == "vector":
-            logits = self.proj(x).unflatten(-1, o_fw.shape[-2:])
+            logits = logits.unflatten(-1, o_fw.shape[-2:])
             return mix_rms_norm(o_kv.to(x.dtype), o_fw, logits, norm.weight, norm.eps, impl=impl)
-        if self.kind == "dynamic-scalar":  # logits [..., 2, H]: o_fw's scale, then o_kv's
-            logits = self.proj(x).unflatten(-1, (2, self.n_heads))
-            return scaled_mix_rms_norm(
-                o_fw.to(x.dtype), o_kv, logits, norm.weight, norm.eps, impl=impl
-            )
-        return head_rms_norm(self(o_fw.to(o_kv.dtype), o_kv, x).to(x.dtype), norm)
+        logits = logits.unflatten(-1, (2, self.n_heads))  # o_fw's scale, then o_kv's
+        return scaled_mix_rms_norm(o_fw.to(x.dtype), o_kv, logits, norm.weight, norm.eps, impl=impl)
 
 
 def head_rms_norm(o: torch.Tensor, norm: nn.RMSNorm) -> torch.Tensor:
@@ -214,7 +238,10 @@ class QKVProjection(nn.Module):
     """q, k, v (and optionally beta) projections, no biases, with an optional short conv.
 
     Returns per-head tensors q, k, v [B, T, H, d] before any feature map, and beta [B, T, H]
-    (sigmoid, times 2 when `beta_range` is 2).
+    (sigmoid, times 2 when `beta_range` is 2). q, k, v come from one GEMM; beta and any
+    `extra_weight`'s rows from a second, narrow one (one small GEMM each way instead of one
+    per projection: -0.5 ms per 8 LM layers at T=2048 on an H200; the narrow rows appended to
+    q, k, v's GEMM instead, N = 3120, cost +1.5 ms: benchmarks/RESULTS.md).
     """
 
     def __init__(
@@ -236,13 +263,24 @@ class QKVProjection(nn.Module):
     def initial_state(self, batch_size, device=None):
         return {"conv": self.conv.initial_state(batch_size, device)} if self.conv else {}
 
-    def forward(self, x, state, resets):
+    def forward(self, x, state, resets, extra_weight=None):
+        """x [B, T, D] -> q, k, v [B, T, H, d], beta [B, T, H] or None, extra [B, T, E] or
+        None, state. extra_weight [E, D]: another narrow bias-free projection of x (a mixer's
+        gate logits), computed in beta's GEMM; like beta it bypasses the short conv."""
         qkv = self.qkv(x)
+        narrow = [] if self.beta is None else [self.beta.weight]
+        if extra_weight is not None:
+            narrow.append(extra_weight)
+        side = ()
+        if narrow:
+            w = narrow[0] if len(narrow) == 1 else torch.cat(narrow)
+            side = F.linear(x, w).split([w.shape[0] for w in narrow], -1)
         if self.conv is not None:
             qkv, conv_state = self.conv(qkv, state["conv"], resets)
             state = {"conv": conv_state}
         q, k, v = qkv.unflatten(-1, (3, self.n_heads, -1)).unbind(-3)
         beta = None
         if self.beta is not None:
-            beta = self.beta_range * torch.sigmoid(self.beta(x).float())
-        return q, k, v, beta, state
+            beta = self.beta_range * torch.sigmoid(side[0].float())
+        extra = side[-1] if extra_weight is not None else None
+        return q, k, v, beta, extra, state
