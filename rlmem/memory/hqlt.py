@@ -101,8 +101,8 @@ class HQLTMixer(Mixer):
 
     def _inputs(self, x, state, resets):
         """Projections and positions: q, k raw [B, T, H, d], v = SiLU, rotated q/k for KV,
-        and the mixer's gate logits [B, T, E] if narrow enough to share their GEMM (else None:
-        the mixer computes them)."""
+        and the mixer's gate logits [B, T, E] where they share beta's GEMM
+        (`MemoryMixing.fusable_weight`; else None: the mixer computes them)."""
         mix_weight = self.mixing.fusable_weight
         q, k, v, beta, mix_logits, proj_state = self.proj(x, state, resets, mix_weight)
         v = F.silu(v)
