@@ -196,8 +196,9 @@ def kernel_build(
                   WY=flags if wy is None else wy, STORE_O=True, STORE_CHUNKS=True,
                   H0_EYE=False, DHT_EYE=False)  # fmt: skip
     split_v = triton.cdiv(DV, cfg.get("BV", DV)) > 1
-    consts = dict(H=4, DK=DK, DV=DV, DV_IN=DV, C=triton_chunk.CHUNK, L2NORM=flags, HAS_RESETS=flags,
-                  SPLIT_V=split_v, DOT_DT=dot, EPS=EPS, **states, **cfg)  # fmt: skip
+    consts = dict(H=4, DK=DK, DV=DV, DV_IN=DV, G=1, C=triton_chunk.CHUNK, L2NORM=flags,
+                  HAS_RESETS=flags, SPLIT_V=split_v, DOT_DT=dot, EPS=EPS, **states,
+                  **cfg)  # fmt: skip
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     return fn, consts, ptrs, opts
 

@@ -144,8 +144,8 @@ def test_delta_rule_gradient_stops_at_reset_and_no_grad_path():
 
 @pytest.mark.parametrize("groups,fresh", [(2, False), (4, False), (4, True)])
 def test_delta_rule_split_into_groups_matches_reference(groups, fresh, monkeypatch):
-    """The recurrences split in time (`triton_groups`: per-group affine maps, a scan over the
-    groups, then every group from its entering state) give the reference results: outputs,
+    """The recurrences split in time (`triton_groups`: per-group affine maps, then every group
+    from its entering state, composed from them in the kernel) give the reference results: outputs,
     final state and every gradient, with an initial state and resets, or (fresh) with
     neither, as an LM batch runs."""
     monkeypatch.setenv("RLMEM_DELTA_GROUPS", str(groups))
@@ -178,6 +178,33 @@ def test_delta_rule_split_into_groups_matches_reference(groups, fresh, monkeypat
     grads_ref = torch.autograd.grad((o_ref * do).sum() + (ht_ref * dht).sum(), inputs)
     for name, g, g_ref in zip(["dq", "dk", "dv", "dbeta", "dh0"], grads, grads_ref):
         assert_close(f"{groups} groups {name}", g, g_ref, 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fresh", [False, True])
+def test_groups_in_bfloat16_match_one_group(fresh, monkeypatch):
+    """bf16 inputs (the LM's): the kernels take the maps' products on tensor cores (tf32x3),
+    and 4 groups give what one gives, up to bf16 rounding: outputs, final state, gradients.
+    CUDA only (the interpreter's bf16 `tl.dot` is wrong)."""
+    gen = torch.Generator().manual_seed(4)
+    B, T, H, K, V = 2, 1024, 2, 64, 64
+    q, k, v = _tensors((B, T, H, K), (B, T, H, K), (B, T, H, V), dtype=torch.bfloat16, gen=gen)
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE, torch.bfloat16).requires_grad_()
+    h0 = None if fresh else _tensors((B, H, K, V), gen=gen)[0]
+    resets = None if fresh else _resets(B, T, gen).to(DEVICE)
+    leaves = [x for x in (q, k, v, beta, h0) if x is not None]
+    results = {}
+    for groups in ("1", "4"):
+        monkeypatch.setenv("RLMEM_DELTA_GROUPS", groups)
+        o, ht = delta_rule_triton(
+            q, k, v, beta, initial_state=h0, resets=resets, scale=None, l2norm_qk=True,
+            output_final_state=True,
+        )  # fmt: skip
+        grads = torch.autograd.grad((o.float().square().sum() + ht.sum()), leaves)
+        results[groups] = (o, ht, *grads)
+    names = ["o", "final state", "dq", "dk", "dv", "dbeta", "dh0"]
+    for name, got, want in zip(names, results["4"], results["1"]):
+        assert_close(f"4 groups in bf16, {name}", got, want, 2e-2)
 
 
 def test_groups_compose_in_float32_under_autocast(monkeypatch):

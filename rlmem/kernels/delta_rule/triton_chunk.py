@@ -3,9 +3,9 @@
 Forward: `wy_inverse_kernel` (chunks in parallel) then `fwd_kernel` (chunk recurrence; on the
 WY form U = U0 - W S_n when a backward follows, see `_forward`).
 Backward: `bwd_state_kernel` (reverse recurrence of dS) then `bwd_chunk_kernel` (chunks in
-parallel). Four launches in all, whatever the sequence length; two more, and a few small
-matmuls, when the recurrences are split in time (`triton_groups`: with few (b, h) rows for
-the GPU's SMs, unless RLMEM_DELTA_GROUPS=0).
+parallel). Four launches in all, whatever the sequence length; two more (the groups' maps,
+one each way) when the recurrences are split in time (`triton_groups`: with few (b, h) rows
+for the GPU's SMs, unless RLMEM_DELTA_GROUPS=0).
 
 Both directions are torch.library custom ops (`rlmem::delta_rule_fwd`, `rlmem::delta_rule_bwd`)
 joined by `register_autograd`: torch.compile traces a model through them without a graph
@@ -25,12 +25,7 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
     wy_inverse_kernel,
 )
 from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, cdiv, dense, dot_dtype
-from rlmem.kernels.delta_rule.triton_groups import (
-    grouped,
-    grouped_segments,
-    groups_for,
-    scan_groups,
-)
+from rlmem.kernels.delta_rule.triton_groups import grouped, grouped_segments, groups_for
 
 SUB = 16  # rows of a diagonal block of the triangular inverse (tl.dot needs >= 16)
 CHUNK = 4 * SUB
@@ -120,23 +115,24 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
         H=H, DK=DK, DV=DV, WY=wy, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt,
         EPS=EPS, **cfg["wy_inverse"],
     )  # fmt: skip
-    h_start = h0
-    if G > 1:  # the state entering every group, from the groups' maps
+    maps = ht  # stand-in unless split
+    if G > 1:  # every group's map of its entering state to its leaving one
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
+        ht = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["fwd"]
         # From [0 | I]; the extra K columns read no input (V or U0 have the first DV).
         fwd_kernel[(cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
-            qr, kr, v, beta, tinv, w_arg, u0, seg_arg, maps, o, o, maps, Tg, NT, scale,
-            H=H, DK=DK, DV=DV + DK, DV_IN=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
+            qr, kr, v, beta, tinv, w_arg, u0, seg_arg, maps, maps, o, o, maps, Tg, NT, scale,
+            H=H, DK=DK, DV=DV + DK, DV_IN=DV, G=G, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
             HAS_RESETS=has_resets, HAS_H0=False, H0_EYE=True, STORE_H=False, STORE_O=False,
             DOT_DT=dot_dt, EPS=EPS, **cfg_aug,
         )  # fmt: skip
-        h_start, final = scan_groups(maps, h0, B, G, DV, reverse=False)
+    # Every group starts from h0 through the maps of the groups before it (in the kernel).
     fwd_kernel[(cdiv(DV, cfg["fwd"]["BV"]), Bg * H)](
-        qr, kr, v, beta, tinv, w_arg, u0, seg_arg, h_start if h_start is not None else ht, o,
+        qr, kr, v, beta, tinv, w_arg, u0, seg_arg, h0 if h0 is not None else ht, maps, o,
         hs if store_h else o, ht, Tg, NT, scale,
-        H=H, DK=DK, DV=DV, DV_IN=DV, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
-        HAS_RESETS=has_resets, HAS_H0=h_start is not None, H0_EYE=False, STORE_H=store_h,
+        H=H, DK=DK, DV=DV, DV_IN=DV, G=G, C=CHUNK, WY=wy, L2NORM=l2norm_qk and not wy,
+        HAS_RESETS=has_resets, HAS_H0=h0 is not None, H0_EYE=False, STORE_H=store_h,
         STORE_O=True, DOT_DT=dot_dt, EPS=EPS, **cfg["fwd"],
     )  # fmt: skip
     if G == 1:
@@ -144,7 +140,7 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     # Back to the shapes of `_forward_outputs` (empty outputs stay [0]).
     tokens = lambda x: x.view(B, T, *x.shape[2:]) if x.numel() else x  # noqa: E731
     per_head = lambda x: x.view(B * H, -1, *x.shape[2:]) if x.numel() else x  # noqa: E731
-    return o.view(B, T, H, DV), final, per_head(tinv), per_head(hs), *map(tokens, (w, qn, kn))
+    return o.view(B, T, H, DV), ht, per_head(tinv), per_head(hs), *map(tokens, (w, qn, kn))
 
 
 def saved_dtype(dtype: torch.dtype, DK: int, DV: int) -> torch.dtype:
@@ -205,25 +201,24 @@ def _backward(
     qr, kr = (qn, kn) if l2norm_qk else (q, k)
     dhs = torch.empty_like(hs)
     du = torch.empty_like(do)  # dL/dU, passed from the recurrence to the chunk kernel
-    # dL/dS_0: from the recurrence's last step, or (split in time) from the scan of the groups
-    store_dh0 = need_dh0 and G == 1
-    dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if store_dh0 else None
-    d_end = dht
-    if G > 1:  # the gradient leaving every group, from the groups' maps
+    # dL/dS_0: from the recurrence's last step (split in time: the first group's)
+    dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if need_dh0 else None
+    maps = hs  # stand-in unless split
+    if G > 1:  # every group's map of the gradient leaving it to the one entering it
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["bwd_state"]
         bwd_state_kernel[(cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
-            qr, kr, w, seg_arg, do, maps, hs, maps, du, Tg, NT, scale,
-            H=H, DK=DK, DV=DV + DK, DV_IN=DV, C=CHUNK, HAS_RESETS=has_resets, HAS_DHT=False,
-            DHT_EYE=True, STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt, **cfg_aug,
+            qr, kr, w, seg_arg, do, maps, hs, maps, maps, du, Tg, NT, scale,
+            H=H, DK=DK, DV=DV + DK, DV_IN=DV, G=G, C=CHUNK, HAS_RESETS=has_resets,
+            HAS_DHT=False, DHT_EYE=True, STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt,
+            **cfg_aug,
         )  # fmt: skip
-        d_end, d_start = scan_groups(maps, dht, B, G, DV, reverse=True)
-        dh0 = d_start if need_dh0 else None
+    # Every group starts from dht through the maps of the groups after it (in the kernel).
     bwd_state_kernel[(cdiv(DV, cfg["bwd_state"]["BV"]), Bg * H)](
-        qr, kr, w, seg_arg, do, d_end if d_end is not None else hs, dhs,
-        dh0 if store_dh0 else hs, du, Tg, NT, scale,
-        H=H, DK=DK, DV=DV, DV_IN=DV, C=CHUNK, HAS_RESETS=has_resets,
-        HAS_DHT=d_end is not None, DHT_EYE=False, STORE_DH0=store_dh0, STORE_CHUNKS=True,
+        qr, kr, w, seg_arg, do, dht if dht is not None else hs, dhs,
+        dh0 if need_dh0 else hs, maps, du, Tg, NT, scale,
+        H=H, DK=DK, DV=DV, DV_IN=DV, G=G, C=CHUNK, HAS_RESETS=has_resets,
+        HAS_DHT=dht is not None, DHT_EYE=False, STORE_DH0=need_dh0, STORE_CHUNKS=True,
         DOT_DT=dot_dt, **cfg["bwd_state"],
     )  # fmt: skip
     dv = torch.empty_like(v)

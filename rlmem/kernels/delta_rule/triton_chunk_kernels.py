@@ -317,6 +317,44 @@ def _segments(seg, b, t0, T, C: tl.constexpr):
 
 
 @triton.jit
+def _group_of(i_bh, H: tl.constexpr, G: tl.constexpr):
+    """Of program row i_bh = (b*G + g)*H + h of the grouped layout (`triton_groups`): its
+    group g and the row b*H + h of its sequence's [B, H, K, V] initial and final states."""
+    bg = i_bh // H
+    return bg % G, (bg // G) * H + i_bh % H
+
+
+@triton.jit
+def _apply_maps(
+    x, maps, i_bh, group, count, H: tl.constexpr, G: tl.constexpr, DK: tl.constexpr,
+    DV: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr,
+    DOT_DT: tl.constexpr,
+):  # fmt: skip
+    """x [BK, BV] (cols from c0 of a [K, V] state) through `count` of the affine maps
+    out = A in + c of its sequence's groups (maps [B*G, H, K, V + K] = [c | A], written by
+    the kernels' H0_EYE / DHT_EYE runs), in float32: groups 0 .. count-1 in order, or with
+    REVERSE groups G-1 down to G-count. i_bh, group: this program's row and group."""
+    WIDTH: tl.constexpr = DV + DK
+    rk = tl.arange(0, BK)
+    rv = c0 + tl.arange(0, BV)
+    a_offs = rk[:, None] * WIDTH + DV + rk[None, :]
+    a_mask = (rk[:, None] < DK) & (rk[None, :] < DK)
+    c_offs = rk[:, None] * WIDTH + rv[None, :]
+    c_mask = (rk[:, None] < DK) & (rv[None, :] < DV)
+    first = i_bh - group * H  # group 0 of this sequence and head
+    for i in range(count):
+        j = G - 1 - i if REVERSE else i
+        base = maps + (first + j * H).to(tl.int64) * DK * WIDTH
+        a = tl.load(base + a_offs, mask=a_mask, other=0.0)
+        c = tl.load(base + c_offs, mask=c_mask, other=0.0)
+        if DOT_DT == tl.float32:  # noqa: SIM300
+            x = tl.dot(a, x, input_precision="ieee") + c
+        else:  # tensor cores, three passes: float32 accuracy without the FMA path's cost
+            x = tl.dot(a, x, input_precision="tf32x3") + c
+    return x
+
+
+@triton.jit
 def fwd_kernel(
     q,
     k,
@@ -327,6 +365,7 @@ def fwd_kernel(
     u0,
     seg,
     h0,
+    maps,
     o,
     hs,
     ht,
@@ -337,6 +376,7 @@ def fwd_kernel(
     DK: tl.constexpr,
     DV: tl.constexpr,
     DV_IN: tl.constexpr,
+    G: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
@@ -359,22 +399,33 @@ def fwd_kernel(
     `triton_groups`) and, when STORE_H, the state entering every chunk; the final state into
     ht [B, H, K, V]. The state has DV columns, of which v, u0 (and o) have the first DV_IN: a
     group's map (H0_EYE) runs on the state [0 | I] whose last K columns get no input.
+    Split in G > 1 groups (rows of the grouped layout; h0 and ht stay [B, H, K, V]): a
+    group starts from h0 through the maps of the groups before it, the last group writes ht;
+    the maps' run (H0_EYE) skips the last group, whose map nothing reads.
     Grid (cdiv(V, BV), B*H)."""
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     b = i_bh // H
     h = i_bh % H
     c0 = i_v * BV
+    group, seq_row = _group_of(i_bh, H, G)
     s_offs, s_mask = _state_offsets(i_bh, 0, 1, DK, DV, c0, BK, BV)
+    seq_offs, _ = _state_offsets(seq_row, 0, 1, DK, DV, c0, BK, BV)
     if H0_EYE:
         S = _eye_columns(c0, DK, DV_IN, BK, BV)
     elif HAS_H0:
-        S = tl.load(h0 + s_offs, mask=s_mask, other=0.0)
+        S = tl.load(h0 + seq_offs, mask=s_mask, other=0.0)
     else:
         S = tl.zeros([BK, BV], tl.float32)
+    n_chunks = NT
+    if G > 1:
+        if H0_EYE:
+            n_chunks = NT * (group < G - 1).to(tl.int32)
+        else:
+            S = _apply_maps(S, maps, i_bh, group, group, H, G, DK, DV, c0, BK, BV, False, DOT_DT)
     r = tl.arange(0, C)
     causal = r[:, None] >= r[None, :]
-    for n in range(NT):
+    for n in range(n_chunks):
         t0 = n * C
         if STORE_H:
             h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
@@ -412,7 +463,10 @@ def fwd_kernel(
             S = keep * S + mm(tl.trans(kc), g[:, None] * u, DOT_DT)
         else:
             S = S + mm(tl.trans(kc), u, DOT_DT)
-    tl.store(ht + s_offs, S, mask=s_mask)
+    if H0_EYE or G == 1:
+        tl.store(ht + s_offs, S, mask=s_mask)
+    else:
+        tl.store(ht + seq_offs, S, mask=s_mask & (group == G - 1))
 
 
 @triton.jit
@@ -425,6 +479,7 @@ def bwd_state_kernel(
     dht,
     dhs,
     dh0,
+    maps,
     du,
     T,
     NT,
@@ -433,6 +488,7 @@ def bwd_state_kernel(
     DK: tl.constexpr,
     DV: tl.constexpr,
     DV_IN: tl.constexpr,
+    G: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
     C: tl.constexpr,
@@ -448,7 +504,9 @@ def bwd_state_kernel(
     dh0 = dL/dS_0, and du = dL/dU of every chunk (in do's dtype, the precision `bwd_chunk_kernel`
     multiplies it in); dhs and du only when STORE_CHUNKS (else dh0 alone: a group's map in
     `triton_groups`, which starts from DHT_EYE, [0 | I], and reads the first DV_IN of the DV
-    columns from do).
+    columns from do). Split in G > 1 groups (dht and dh0 stay [B, H, K, V]): a group starts
+    from dht through the maps of the groups after it, the first group writes dh0; the maps'
+    run (DHT_EYE) skips the first group, whose map nothing reads.
     Grid (cdiv(V, BV), B*H).
         dU = scale P^T dO + g K dS_{n+1},
         dS_n = scale Q^T (f dO) + keep dS_{n+1} - W^T dU   (W^T = (beta f K)^T Tinv^T)."""
@@ -457,16 +515,26 @@ def bwd_state_kernel(
     b = i_bh // H
     h = i_bh % H
     c0 = i_v * BV
+    group, seq_row = _group_of(i_bh, H, G)
     s_offs, s_mask = _state_offsets(i_bh, 0, 1, DK, DV, c0, BK, BV)
+    seq_offs, _ = _state_offsets(seq_row, 0, 1, DK, DV, c0, BK, BV)
     if DHT_EYE:
         dS = _eye_columns(c0, DK, DV_IN, BK, BV)
     elif HAS_DHT:
-        dS = tl.load(dht + s_offs, mask=s_mask, other=0.0)
+        dS = tl.load(dht + seq_offs, mask=s_mask, other=0.0)
     else:
         dS = tl.zeros([BK, BV], tl.float32)
+    n_chunks = NT
+    if G > 1:
+        if DHT_EYE:
+            n_chunks = NT * (group > 0).to(tl.int32)
+        else:
+            dS = _apply_maps(
+                dS, maps, i_bh, group, G - 1 - group, H, G, DK, DV, c0, BK, BV, True, DOT_DT
+            )
     r = tl.arange(0, C)
     anticausal = r[:, None] <= r[None, :]
-    for i in range(NT):
+    for i in range(n_chunks):
         n = NT - 1 - i
         t0 = n * C
         if STORE_CHUNKS:
@@ -495,7 +563,10 @@ def bwd_state_kernel(
             u_offs, u_mask = row_offsets(b, h, t0, T, H, DV, c0, C, BV)
             tl.store(du + u_offs, duc.to(du.dtype.element_ty), mask=u_mask)
     if STORE_DH0:
-        tl.store(dh0 + s_offs, dS, mask=s_mask)
+        if DHT_EYE or G == 1:
+            tl.store(dh0 + s_offs, dS, mask=s_mask)
+        else:
+            tl.store(dh0 + seq_offs, dS, mask=s_mask & (group == 0))
 
 
 @triton.jit

@@ -12,12 +12,15 @@ into G groups (the tensors viewed as [B*G, T/G, ...], segment ids restarted per 
 
     1. each group's map, by the recurrence kernels run on an augmented state [0 | I] of V+K
        columns whose last K get no input (the kernels' H0_EYE / DHT_EYE and DV_IN): they
-       come out as the map's linear part, the first V columns as its constant part;
-    2. the G maps composed in order on the host: the state entering every group (and the
-       final one), G small matrix products per (b, h) (in float32, autocast or not);
-    3. the ordinary recurrence in every group from its entering state, all groups at once.
+       come out as the map's linear part, the first V columns as its constant part (the
+       group whose map nothing reads, the last forward or the first backward, skips it);
+    2. the ordinary recurrence in every group, all groups at once, each program first taking
+       its group's entering state through the maps of the groups before it (after it,
+       backward): up to G-1 float32 products of [K, K] by [K, BV] at its start.
 
-The chain is then ~2 NT/G chunk steps instead of NT, on G times the programs.
+The chain is then ~2 NT/G chunk steps instead of NT, on G times the programs. (Step 2's
+composition ran on the host until 2026-11-27: a copy, G-1 `baddbmm`, a `stack` and a fill per
+direction, ~0.06 ms per LM layer at T=8192 B=2 in small kernels; benchmarks/RESULTS.md.)
 `RLMEM_DELTA_GROUPS`: "auto" (the default), 0 = off, or an integer G. At T=8192 B=2 H=16 (auto:
 G=4 on an H200) the delta rule's fwd+bwd went 1.254 -> 1.107 ms and its forward alone 0.495 ->
 0.410 ms; with B*H rows filling the GPU auto keeps G=1 (KERNEL_NOTES.md, "Split recurrences").
@@ -78,36 +81,3 @@ def grouped_segments(seg: torch.Tensor | None, G: int) -> torch.Tensor | None:
     Tg = T // G
     before = torch.cat([seg.new_zeros(B, 1), seg[:, Tg - 1 : T - 1 : Tg]], dim=1)  # [B, G]
     return (seg.view(B, G, Tg) - before[..., None]).reshape(B * G, Tg).contiguous()
-
-
-def scan_groups(
-    maps: torch.Tensor, start: torch.Tensor | None, B: int, G: int, DV: int, reverse: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composes the groups' affine maps [B*G, H, K, V+K] = [c | A] (group g: out = A in + c)
-    from `start` [B, H, K, V] (None: zeros), in group order, or reversed for the backward
-    (group g then maps the gradient leaving it to the one entering it). Returns the value
-    going into every group's map [B*G, H, K, V] (the state entering group g; reversed, the
-    gradient reaching the state that leaves it) and the last map's result [B, H, K, V] (the
-    final state; reversed, dL/dS_0). In float32 even under autocast, which would run these
-    products in bfloat16.
-
-    Few launches, since with few rows the host issues them slower than the GPU runs them: one
-    copy puts every group's maps in one batch of B*H matrices (a (b, h) batch of the kernels'
-    (b, g, h) order is not one stride, and each product would copy its slice), then one
-    baddbmm per group, and one stack writes the results in the (b, g, h) order."""
-    Bg, H, K, W = maps.shape
-    with torch.autocast(maps.device.type, enabled=False):
-        per_group = maps.view(B, G, H, K, W).transpose(0, 1).reshape(G, B * H, K, W)
-        order = list(reversed(range(G))) if reverse else list(range(G))
-        into = [None] * G
-        if start is None:  # the first map applied to zeros is its constant part
-            into[order[0]] = maps.new_zeros(B * H, K, DV)
-            x = per_group[order[0], ..., :DV]
-            order = order[1:]
-        else:
-            x = start.reshape(B * H, K, DV)
-        for g in order:
-            into[g] = x
-            x = torch.baddbmm(per_group[g, ..., :DV], per_group[g, ..., DV:], x)
-    into = torch.stack([t.view(B, H, K, DV) for t in into], dim=1).view(Bg, H, K, DV)
-    return into, x.view(B, H, K, DV)
