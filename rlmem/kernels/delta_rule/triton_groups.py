@@ -23,7 +23,9 @@ composition ran on the host until 2026-11-27: a copy, G-1 `baddbmm`, a `stack` a
 direction, ~0.06 ms per LM layer at T=8192 B=2 in small kernels; benchmarks/RESULTS.md.)
 `RLMEM_DELTA_GROUPS`: "auto" (the default), 0 = off, or an integer G. At T=8192 B=2 H=16 (auto:
 G=4 on an H200) the delta rule's fwd+bwd went 1.254 -> 1.107 ms and its forward alone 0.495 ->
-0.410 ms; with B*H rows filling the GPU auto keeps G=1 (KERNEL_NOTES.md, "Split recurrences").
+0.410 ms (wall); in device time 0.816 ms unsplit, 0.559 split (8 groups 0.568; splitting the
+state's columns instead, 0.635 at best: benchmarks/delta_split.py); with B*H rows filling the
+GPU auto keeps G=1 (KERNEL_NOTES.md, "Split recurrences").
 """
 
 from __future__ import annotations
