@@ -90,11 +90,14 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     groups > 1 splits every sequence's recurrence into that many groups of chunks run side by
     side (`triton_groups`); Tinv and the chunk states are then stored in the grouped order,
     which only `_backward` with the same groups reads."""
-    B, T, H, DK = q.shape
+    _, T, H, DK = q.shape
     DV = v.shape[-1]
     G = groups
     if G > 1 and T % (G * CHUNK):
         raise ValueError(f"groups={G} needs T a multiple of {G} chunks of {CHUNK}, got T={T}")
+    # In the op's shapes; the grouped layout below is the same memory (the final state is
+    # written by each sequence's last group).
+    o, ht, tinv, hs, w, qn, kn = _forward_outputs(q, v, store_h, l2norm_qk)
     if G > 1:  # from here on, B*G sequences of T/G tokens
         q, k, v, beta = (grouped(x, G) for x in (q, k, v, beta))
         seg = grouped_segments(seg, G)
@@ -104,7 +107,6 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
     seg_arg = seg if has_resets else q
-    o, ht, tinv, hs, w, qn, kn = _forward_outputs(q, v, store_h, l2norm_qk)
     wy = store_h
     # Pointers the kernels do not touch without WY (or without L2 norms) get stand-ins.
     u0 = torch.empty_like(v) if wy else v
@@ -118,7 +120,6 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     maps = ht  # stand-in unless split
     if G > 1:  # every group's map of its entering state to its leaving one
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
-        ht = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["fwd"]
         # From [0 | I]; the extra K columns read no input (V or U0 have the first DV).
         fwd_kernel[(cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
@@ -135,12 +136,7 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
         HAS_RESETS=has_resets, HAS_H0=h0 is not None, H0_EYE=False, STORE_H=store_h,
         STORE_O=True, DOT_DT=dot_dt, EPS=EPS, **cfg["fwd"],
     )  # fmt: skip
-    if G == 1:
-        return o, ht, tinv, hs, w, qn, kn
-    # Back to the shapes of `_forward_outputs` (empty outputs stay [0]).
-    tokens = lambda x: x.view(B, T, *x.shape[2:]) if x.numel() else x  # noqa: E731
-    per_head = lambda x: x.view(B * H, -1, *x.shape[2:]) if x.numel() else x  # noqa: E731
-    return o.view(B, T, H, DV), ht, per_head(tinv), per_head(hs), *map(tokens, (w, qn, kn))
+    return o, ht, tinv, hs, w, qn, kn
 
 
 def saved_dtype(dtype: torch.dtype, DK: int, DV: int) -> torch.dtype:
