@@ -22,7 +22,6 @@ import sys
 
 import torch
 
-SHAPE_HELP = "BxTxHxD, bf16"
 RECURRENCES = ("fwd_kernel", "bwd_state_kernel")
 
 
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--shape", type=x_separated("BxTxHxD", "2x8192x16x64"), default=(2, 8192, 16, 64),
-        help=SHAPE_HELP,
+        help="BxTxHxD, bf16",
     )  # fmt: skip
     parser.add_argument("--groups", nargs="+", default=["0", "auto", "2"])
     parser.add_argument("--bv", nargs="+", type=int, default=[64, 32, 16])

@@ -274,7 +274,7 @@ class QKVProjection(nn.Module):
         side = ()
         if narrow:
             w = narrow[0] if len(narrow) == 1 else torch.cat(narrow)
-            side = F.linear(x, w).split([w.shape[0] for w in narrow], -1)
+            side = F.linear(x, w).split([rows.shape[0] for rows in narrow], -1)
         if self.conv is not None:
             qkv, conv_state = self.conv(qkv, state["conv"], resets)
             state = {"conv": conv_state}

@@ -42,9 +42,8 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     BK, BV = block_dim(DK), block_dim(DV)
     wide_fp32 = dtype == torch.float32 and max(BK, BV) > 64
     cfg = dict(BK=BK, BV=BV, BM=BLOCK_M, BN=BLOCK_N, num_warps=4, num_stages=1 if wide_fp32 else 3)
-    # the one-kernel backward (`one_kernel_backward`) has no loop to pipeline; ptxas (bf16
-    # 64x64, 4 warps): 216 registers per thread, no spills; with a prefix and resets 255 and
-    # 12 bytes of spills (8 warps: ~200, twice the barriers)
+    # the one-kernel backward (`one_kernel_backward`, registers there) has no loop to
+    # pipeline; 8 warps instead of 4: ~200 registers per thread, twice the barriers
     bwd = dict(BK=BK, BV=BV, BM=BLOCK_M, num_warps=4, num_stages=1)
     return {"fwd": cfg, "bwd": bwd, "dq": dict(cfg), "dkdv": dict(cfg)}
 
@@ -53,9 +52,8 @@ def one_kernel_backward(dtype: torch.dtype, DK: int, DV: int, window: int) -> bo
     """Whether the backward runs as `swa_bwd_kernel`: windows up to BLOCK_M + 1 (a query
     block sees two key blocks), 16-bit inputs, heads up to 64. ptxas (sm_90, 4 warps): bf16
     64x64 216 registers per thread, no spills (255 and 12 bytes with a prefix and resets);
-    bf16 128x128 1124 bytes of spills per thread
-    (the two kernels: 0 and 148); float32's exact products spill tens of KB in either form,
-    more in one kernel."""
+    bf16 128x128 1124 bytes of spills per thread (the two kernels: 0 and 148); float32's
+    exact products spill tens of KB in either form, more in one kernel."""
     narrow = max(block_dim(DK), block_dim(DV)) <= 64
     return window - 1 <= BLOCK_M and dtype != torch.float32 and narrow
 
