@@ -304,6 +304,20 @@ def bench_swa(B, T, H, D, W, with_peer=True):
     row("sliding_window", shape, "fwd+bwd", bench(fwd_bwd(ours, (q, k, v))), "flex_attention", t_p)
 
 
+def graphed(fn):
+    """fn captured in a CUDA graph (after a warm-up on a side stream) -> its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def bench_step(B, H, D):
     shape = f"B{B} H{H} D{D}"
     g = torch.Generator(device=DEV).manual_seed(5)
@@ -311,18 +325,6 @@ def bench_step(B, H, D):
     v = torch.randn(B, H, D, device=DEV, generator=g, dtype=torch.bfloat16)
     beta = torch.rand(B, H, device=DEV, generator=g, dtype=torch.bfloat16)
     s = torch.randn(B, H, D, D, device=DEV, generator=g)
-
-    def graphed(fn):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return graph.replay
 
     ours = lambda: delta_rule_step_triton(q, k, v, beta, s, scale=None, l2norm_qk=True)  # noqa: E731
     einsum = lambda: delta_rule_step_reference(q, k, v, beta, s)  # noqa: E731

@@ -26,7 +26,7 @@ import argparse
 import contextlib
 
 import torch
-from kernels import bench
+from kernels import bench, graphed
 
 from rlmem.kernels.delta_rule import triton_chunk
 from rlmem.kernels.sliding_window.triton import sliding_window_bwd, sliding_window_fwd
@@ -61,20 +61,6 @@ def _kernels_on_side(names, side, held):
     finally:
         for n, kernel in saved.items():
             setattr(triton_chunk, n, kernel)
-
-
-def _graphed(fn):
-    """fn captured in a CUDA graph (after a warm-up on a side stream) -> replay."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for variant in ("sequential", "ops", "phased"):
-        fwd = bench(_graphed(lambda v=variant: step(v, False)))
-        both = bench(_graphed(lambda v=variant: step(v, True)))  # leaves fwd+bwd's results
+        fwd = bench(graphed(lambda v=variant: step(v, False)))
+        both = bench(graphed(lambda v=variant: step(v, True)))  # leaves fwd+bwd's results
         torch.cuda.synchronize()
         diff = max(
             ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
