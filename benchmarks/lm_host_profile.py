@@ -25,7 +25,7 @@ from lm_throughput import (
     add_shape_args,
     build,
     describe,
-    make_train_step,
+    make_step,
     runtime_settings,
     seconds_per_step,
     sync,
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{describe(args, device, dtype)}, {args.steps} steps after {args.warmup}", flush=True)
     for core in args.cores:
         model, _ = build(core, args, device, extra)
-        train_step = make_train_step(model, args, device, dtype)
+        train_step = make_step(model, args, device, dtype)
         step_ms = 1e3 * seconds_per_step(train_step, args, device)
         profiler = cProfile.Profile()
         profiler.enable()

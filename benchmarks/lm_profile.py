@@ -23,7 +23,7 @@ from lm_throughput import (
     add_shape_args,
     build,
     describe,
-    make_train_step,
+    make_step,
     runtime_settings,
     seconds_per_step,
     sync,
@@ -82,7 +82,7 @@ def runtime_api_times(prof: profile) -> dict[str, list[float]]:
 
 def profile_core(core: str, args, device, dtype, extra) -> None:
     model, _ = build(core, args, device, extra)
-    train_step = make_train_step(model, args, device, dtype)
+    train_step = make_step(model, args, device, dtype)
     step_us = 1e6 * seconds_per_step(train_step, args, device)
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])

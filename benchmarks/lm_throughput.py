@@ -1,15 +1,17 @@
 """LM training throughput (tokens/s) of memory cores at one shape, same card, same run.
 
     python benchmarks/lm_throughput.py --cores hqlt-sync transformer sdpa-transformer
+    python benchmarks/lm_throughput.py --mode eval ...   # the forward alone (validation, prefill)
 
 Each core becomes an LM of the same width, depth and head count (`transformer` with full
 causal attention over the whole context). `sdpa-transformer` is the peer of BENCHMARKS.md, for
 timing only: the `transformer` core with its attention computed by
 `torch.nn.functional.scaled_dot_product_attention(is_causal=True)` (the flash backend on GPU;
 no resets, no carried state). One training step = forward + backward + AdamW under bf16
-autocast (on GPU), on fresh random tokens; after `--warmup` untimed steps the wall time of
-`--steps` steps (CUDA synchronised) gives tokens/s. Prints a table with the ratio to
-`--reference` (default `sdpa-transformer`) and the MFU, and writes JSON with `--json`.
+autocast (on GPU), on fresh random tokens (`--mode eval`: the forward and its loss alone,
+under `torch.no_grad`, as in validation or a prompt's prefill); after `--warmup` untimed steps
+the wall time of `--steps` steps (CUDA synchronised) gives tokens/s. Prints a table with the
+ratio to `--reference` (default `sdpa-transformer`) and the MFU, and writes JSON with `--json`.
 """
 
 from __future__ import annotations
@@ -102,6 +104,32 @@ def make_train_step(
     return train_step
 
 
+def make_eval_step(
+    model: LM, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> Callable[[], None]:
+    """One evaluation step on fresh random tokens: the forward and its loss under
+    `torch.no_grad` (the memory ops then take their inference paths, e.g. the delta rule's
+    fused recurrence without the WY factors a backward would read)."""
+    fwd = torch.compile(model, mode=args.compile_mode) if args.compile else model
+    B, T = args.batch_size, args.seq_len
+
+    @torch.no_grad()
+    def eval_step() -> None:
+        idx = torch.randint(0, args.vocab_size, (B, T + 1), device=device)
+        with autocast(device, dtype):
+            fwd(idx[:, :-1], idx[:, 1:])
+
+    return eval_step
+
+
+def make_step(
+    model: LM, args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> Callable[[], None]:
+    """The step `args.mode` times: a training step or an evaluation step."""
+    make = make_eval_step if args.mode == "eval" else make_train_step
+    return make(model, args, device, dtype)
+
+
 def _step_events(device: torch.device, steps: int) -> list:
     """One CUDA timing event per timed step (recorded at its end); none on CPU."""
     if device.type != "cuda":
@@ -170,13 +198,13 @@ def measure(
     dtype: torch.dtype,
     extra_opts: dict,
 ) -> dict:
-    """Tokens/s of training steps of one core's LM."""
+    """Tokens/s of training (or, with `--mode eval`, evaluation) steps of one core's LM."""
     model, opts = build(core, args, device, extra_opts)
-    train_step = make_train_step(model, args, device, dtype)
+    step = make_step(model, args, device, dtype)
     B, T = args.batch_size, args.seq_len
     if device.type == "cuda":  # the warm-up counts: CUDA graphs allocate their pool there
         torch.cuda.reset_peak_memory_stats(device)
-    warm_up(train_step, args, device)
+    warm_up(step, args, device)
     # Per-step device times too (CUDA events, no extra synchronisation): a run whose mean is
     # off shows whether one step or all of them were slow.
     events = _step_events(device, args.steps)
@@ -184,7 +212,7 @@ def measure(
     with GCPauses() as pauses:
         start = time.perf_counter()
         for i in range(args.steps):
-            train_step()
+            step()
             if events:
                 events[i].record()
         sync(device)
@@ -199,6 +227,7 @@ def measure(
         "seq_len": T,
         "batch_size": B,
         "compile": args.compile,
+        "mode": args.mode,
         "params": model.get_num_params(),
         "tokens_per_s": tok_s,
         "step_ms": 1000 * seconds / args.steps,
@@ -206,7 +235,10 @@ def measure(
         "gc_pauses": pauses.count,  # collections of generations 0, 1, 2 in the timed steps
         "gc_ms": 1000 * pauses.seconds,
         "device_mallocs": mallocs,  # cudaMalloc calls of the caching allocator in the timed steps
-        "mfu": model.estimate_mfu(tok_s, T, peak) if peak else None,
+        # a forward is a third of a training step's FLOPs (backward: twice the forward)
+        "mfu": model.estimate_mfu(tok_s, T, peak) / (3 if args.mode == "eval" else 1)
+        if peak
+        else None,
         "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 1e9
         if device.type == "cuda"
         else None,
@@ -234,6 +266,12 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
         choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
         help="torch.compile mode (reduce-overhead: CUDA graphs, no host launch overhead)",
     )
+    parser.add_argument(
+        "--mode",
+        default="train",
+        choices=["train", "eval"],
+        help="time training steps, or the forward alone under no_grad (validation, prefill)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
 
@@ -256,6 +294,7 @@ def describe(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         f"D={args.d_model} L={args.n_layers} H={args.n_heads} V={args.vocab_size}, "
         f"compile={args.compile}"
         + (f" ({args.compile_mode})" if args.compile and args.compile_mode else "")
+        + (f", {args.mode} steps" if args.mode != "train" else "")
     )
 
 
