@@ -1,6 +1,8 @@
 """How to split the delta rule's recurrences over the GPU when B*H rows are few: in time
 (`RLMEM_DELTA_GROUPS`, see rlmem/kernels/delta_rule/triton_groups.py) or in the state's V
-columns (BV, the column block per program of fwd_kernel and bwd_state_kernel), or both.
+columns (BV, the column block per program of fwd_kernel and bwd_state_kernel), or both. (The
+forward's maps run keeps all its V + K columns in one program at 16-bit heads up to 64,
+whatever BV: `triton_chunk._maps_config`.)
 
     python benchmarks/delta_split.py                                   # B2 T8192 H16 D64
     python benchmarks/delta_split.py --shape 8x2048x16x64 --groups 0 auto --bv 64 32

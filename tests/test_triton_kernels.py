@@ -180,6 +180,38 @@ def test_delta_rule_split_into_groups_matches_reference(groups, fresh, monkeypat
         assert_close(f"{groups} groups {name}", g, g_ref, 1e-4)
 
 
+def test_forward_and_backward_split_independently():
+    """The forward and the backward may split their recurrences into different groups: what
+    the forward saves (Tinv, the chunk states) is in the sequences' chunk order whatever its
+    groups, so every pairing gives the unsplit pair's gradients (and the forwards agree)."""
+    gen = torch.Generator().manual_seed(21)
+    B, T, H, K, V = 2, 256, 2, 16, 32
+    q, k, v = (x.detach() for x in _tensors((B, T, H, K), (B, T, H, K), (B, T, H, V), gen=gen))
+    beta = torch.rand(B, T, H, generator=gen).to(DEVICE)
+    h0 = torch.randn(B, H, K, V, generator=gen).to(DEVICE)
+    seg = _resets(B, T, gen, forced=[(0, 128), (1, 70)]).to(DEVICE).int().cumsum(1)
+    seg = seg.to(torch.int32).contiguous()
+    do = torch.randn(B, T, H, V, generator=gen).to(DEVICE)
+    dht = torch.randn(B, H, K, V, generator=gen).to(DEVICE)
+
+    def run(fwd_groups, bwd_groups):
+        o, ht, tinv, hs, w, qn, kn = chunk_mod.delta_rule_fwd(
+            q, k, v, beta, h0, seg, 0.25, True, True, fwd_groups
+        )
+        grads = chunk_mod.delta_rule_bwd(
+            q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, 0.25, True, True, bwd_groups
+        )
+        return (o, ht, *grads)
+
+    want = run(1, 1)
+    names = ["o", "final state", "dq", "dk", "dv", "dbeta", "dh0"]
+    for fwd_groups, bwd_groups in [(4, 1), (1, 2), (4, 2), (2, 4)]:
+        for name, got, ref in zip(names, run(fwd_groups, bwd_groups), want):
+            assert_close(
+                f"forward {fwd_groups} / backward {bwd_groups} groups, {name}", got, ref, 1e-5
+            )
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("fresh", [False, True])
 def test_groups_in_bfloat16_match_one_group(fresh, monkeypatch):
@@ -232,7 +264,8 @@ def test_groups_compose_in_float32_under_autocast(monkeypatch):
 
 def test_groups_setting(monkeypatch):
     """RLMEM_DELTA_GROUPS: auto by default (split only when B*H rows leave SMs idle and each
-    group keeps 8 chunks; never on CPU), 0 off, G when T is a multiple of G chunks."""
+    group keeps 8 chunks, 16 for a forward whose maps run in one program; never on CPU), 0 off,
+    G when T is a multiple of G chunks."""
     from rlmem.kernels.delta_rule import triton_groups
 
     monkeypatch.setattr(triton_groups, "_sm_count", lambda index: 132)  # an H100 / H200
@@ -251,6 +284,13 @@ def test_groups_setting(monkeypatch):
     ):
         monkeypatch.setenv("RLMEM_DELTA_GROUPS", setting)
         assert triton_groups.groups_for(B, 16, T, 64, gpu) == want, (setting, B, T)
+    # The forward with its maps in one program: up to twice the SMs' rows, >= 16 chunks per
+    # group, and 4 groups or none (2 would not shorten the chain).
+    monkeypatch.setenv("RLMEM_DELTA_GROUPS", "auto")
+    for B, T, want in ((2, 8192, 8), (1, 8192, 8), (2, 4096, 4), (8, 2048, 1), (2, 1024, 1)):
+        assert triton_groups.groups_for(B, 16, T, 64, gpu, one_program_maps=True) == want, (B, T)
+    monkeypatch.setenv("RLMEM_DELTA_GROUPS", "4")
+    assert triton_groups.groups_for(8, 16, 512, 64, gpu, one_program_maps=True) == 4
     for bad in ("-2", "many"):
         monkeypatch.setenv("RLMEM_DELTA_GROUPS", bad)
         with pytest.raises(ValueError, match="RLMEM_DELTA_GROUPS"):

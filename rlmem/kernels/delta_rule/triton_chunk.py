@@ -76,6 +76,21 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
     }
 
 
+def _one_program_maps(dtype: torch.dtype, DK: int, DV: int) -> bool:
+    """Whether the forward's maps run (`fwd_kernel` on the augmented state of DV + DK
+    columns) has all its columns in one program: 128 or fewer, in 16 bits. That halves its
+    programs: at B2 T8192 H16 in 8 groups one wave of 224 instead of two, the forward 0.216 ->
+    0.195 ms (benchmarks/RESULTS.md run AE); `groups_for` then splits the forward further."""
+    return dtype != torch.float32 and block_dim(DV + DK) <= 128
+
+
+def _maps_config(dtype: torch.dtype, DK: int, DV: int) -> dict:
+    """Launch settings of the forward's maps run: the recurrence's on DV + DK columns, in one
+    program where `_one_program_maps`."""
+    cfg = launch_config(dtype, DK, DV + DK)["fwd"]
+    return cfg | {"BV": block_dim(DV + DK)} if _one_program_maps(dtype, DK, DV) else cfg
+
+
 def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     """q, k [B, T, H, K], v [B, T, H, V], beta [B, T, H] contiguous; h0 [B, H, K, V] float32
     or None; seg int32 [B, T] or None. Returns o, the final state and what the backward reads:
@@ -88,39 +103,40 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     and Tinv directly, which moves less memory (KERNEL_NOTES.md, "The WY form").
 
     groups > 1 splits every sequence's recurrence into that many groups of chunks run side by
-    side (`triton_groups`); Tinv and the chunk states are then stored in the grouped order,
-    which only `_backward` with the same groups reads."""
-    _, T, H, DK = q.shape
+    side (`triton_groups`). Only the recurrence is split: the chunk-parallel kernels run on the
+    whole sequences, and Tinv and the chunk states are stored in the sequences' chunk order
+    whatever the groups, so `_backward` may split its recurrence differently."""
+    B, T, H, DK = q.shape
     DV = v.shape[-1]
     G = groups
     if G > 1 and T % (G * CHUNK):
         raise ValueError(f"groups={G} needs T a multiple of {G} chunks of {CHUNK}, got T={T}")
-    # In the op's shapes; the grouped layout below is the same memory (the final state is
-    # written by each sequence's last group).
     o, ht, tinv, hs, w, qn, kn = _forward_outputs(q, v, store_h, l2norm_qk)
-    if G > 1:  # from here on, B*G sequences of T/G tokens
-        q, k, v, beta = (grouped(x, G) for x in (q, k, v, beta))
-        seg = grouped_segments(seg, G)
-    Bg, Tg = q.shape[:2]
-    NT = cdiv(Tg, CHUNK)
     cfg = launch_config(q.dtype, DK, DV)
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
-    seg_arg = seg if has_resets else q
     wy = store_h
     # Pointers the kernels do not touch without WY (or without L2 norms) get stand-ins.
     u0 = torch.empty_like(v) if wy else v
     w_arg = w if wy else k
     qr, kr = (qn, kn) if wy and l2norm_qk else (q, k)  # what the recurrence reads
-    wy_inverse_kernel[(NT, Bg * H)](
-        q, k, v, beta, seg_arg, tinv, w_arg, u0, qr, kr, Tg, NT,
+    NT = cdiv(T, CHUNK)
+    wy_inverse_kernel[(NT, B * H)](
+        q, k, v, beta, seg if has_resets else q, tinv, w_arg, u0, qr, kr, T, NT,
         H=H, DK=DK, DV=DV, WY=wy, L2NORM=l2norm_qk, HAS_RESETS=has_resets, DOT_DT=dot_dt,
         EPS=EPS, **cfg["wy_inverse"],
     )  # fmt: skip
+    if G > 1:  # the recurrence on B*G sequences of T/G tokens (the same memory, viewed)
+        views = (grouped(x, G) for x in (q, k, v, beta, u0, w_arg, qr, kr))
+        q, k, v, beta, u0, w_arg, qr, kr = views
+        seg = grouped_segments(seg, G)
+    Bg, Tg = q.shape[:2]
+    NT = cdiv(Tg, CHUNK)  # chunks per group
+    seg_arg = seg if has_resets else q
     maps = ht  # stand-in unless split
     if G > 1:  # every group's map of its entering state to its leaving one
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
-        cfg_aug = launch_config(q.dtype, DK, DV + DK)["fwd"]
+        cfg_aug = _maps_config(q.dtype, DK, DV)
         # From [0 | I]; the extra K columns read no input (V or U0 have the first DV).
         fwd_kernel[(cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
             qr, kr, v, beta, tinv, w_arg, u0, seg_arg, maps, maps, o, o, maps, Tg, NT, scale,
@@ -179,40 +195,41 @@ def _backward(
     q, k, v, beta, seg, tinv, hs, w, qn, kn, do, dht, scale, l2norm_qk, need_dh0, groups=1
 ):
     """Gradients for q, k, v, beta and (if need_dh0) the initial state; tinv, hs, w, qn, kn as
-    `_forward` returned them with the same groups."""
+    `_forward` returned them (with any groups). groups > 1 splits the backward recurrence
+    alone, as `_forward` does its own."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
     G = groups
-    if G > 1:  # the forward's grouped layout: B*G sequences of T/G tokens
-        q, k, v, beta, w, qn, kn, do = (grouped(x, G) if x.numel() else x
-                                        for x in (q, k, v, beta, w, qn, kn, do))  # fmt: skip
-        seg = grouped_segments(seg, G)
-    Bg, Tg = q.shape[:2]
-    NT = cdiv(Tg, CHUNK)
-    tinv, hs = tinv.view(Bg * H, NT, CHUNK, CHUNK), hs.view(Bg * H, NT, DK, DV)
+    if G > 1 and T % (G * CHUNK):
+        raise ValueError(f"groups={G} needs T a multiple of {G} chunks of {CHUNK}, got T={T}")
     cfg = launch_config(q.dtype, DK, DV)
     dot_dt = dot_dtype(q.dtype)
     has_resets = seg is not None
-    seg_arg = seg if has_resets else q
     qr, kr = (qn, kn) if l2norm_qk else (q, k)
     dhs = torch.empty_like(hs)
     du = torch.empty_like(do)  # dL/dU, passed from the recurrence to the chunk kernel
     # dL/dS_0: from the recurrence's last step (split in time: the first group's)
     dh0 = torch.empty(B, H, DK, DV, device=q.device, dtype=torch.float32) if need_dh0 else None
+    # The recurrence on B*G sequences of T/G tokens (the same memory, viewed).
+    qg, kg, wg, dog, dug = (grouped(x, G) for x in (qr, kr, w, do, du))
+    seg_g = grouped_segments(seg, G) if G > 1 else seg
+    Bg, Tg = qg.shape[:2]
+    NT = cdiv(Tg, CHUNK)  # chunks per group
+    seg_arg = seg_g if has_resets else q
     maps = hs  # stand-in unless split
     if G > 1:  # every group's map of the gradient leaving it to the one entering it
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
         cfg_aug = launch_config(q.dtype, DK, DV + DK)["bwd_state"]
         bwd_state_kernel[(cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
-            qr, kr, w, seg_arg, do, maps, hs, maps, maps, du, Tg, NT, scale,
+            qg, kg, wg, seg_arg, dog, maps, hs, maps, maps, dug, Tg, NT, scale,
             H=H, DK=DK, DV=DV + DK, DV_IN=DV, G=G, C=CHUNK, HAS_RESETS=has_resets,
             HAS_DHT=False, DHT_EYE=True, STORE_DH0=True, STORE_CHUNKS=False, DOT_DT=dot_dt,
             **cfg_aug,
         )  # fmt: skip
     # Every group starts from dht through the maps of the groups after it (in the kernel).
     bwd_state_kernel[(cdiv(DV, cfg["bwd_state"]["BV"]), Bg * H)](
-        qr, kr, w, seg_arg, do, dht if dht is not None else hs, dhs,
-        dh0 if need_dh0 else hs, maps, du, Tg, NT, scale,
+        qg, kg, wg, seg_arg, dog, dht if dht is not None else hs, dhs,
+        dh0 if need_dh0 else hs, maps, dug, Tg, NT, scale,
         H=H, DK=DK, DV=DV, DV_IN=DV, G=G, C=CHUNK, HAS_RESETS=has_resets,
         HAS_DHT=dht is not None, DHT_EYE=False, STORE_DH0=need_dh0, STORE_CHUNKS=True,
         DOT_DT=dot_dt, **cfg["bwd_state"],
@@ -225,15 +242,14 @@ def _backward(
         dq, dk = (torch.empty(NV, *q.shape, device=q.device, dtype=torch.float32)
                   for _ in range(2))  # fmt: skip
         dbeta = torch.empty(NV, *beta.shape, device=q.device, dtype=torch.float32)
-    bwd_chunk_kernel[(NT, Bg * H, NV)](
-        q, k, v, beta, seg_arg, tinv, hs, dhs, do, du, dq, dk, dv, dbeta, Tg, NT, scale,
-        H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
+    NT = cdiv(T, CHUNK)
+    bwd_chunk_kernel[(NT, B * H, NV)](
+        q, k, v, beta, seg if has_resets else q, tinv, hs, dhs, do, du, dq, dk, dv, dbeta, T,
+        NT, scale, H=H, DK=DK, DV=DV, C=CHUNK, L2NORM=l2norm_qk, HAS_RESETS=has_resets,
         SPLIT_V=NV > 1, DOT_DT=dot_dt, EPS=EPS, **cfg["bwd_chunk"],
     )  # fmt: skip
     if NV > 1:
         dq, dk, dbeta = dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dbeta.sum(0).to(beta.dtype)
-    if G > 1:
-        dq, dk, dv, dbeta = (x.reshape(B, T, *x.shape[2:]) for x in (dq, dk, dv, dbeta))
     return dq, dk, dv, dbeta, dh0
 
 
@@ -313,7 +329,9 @@ def _delta_rule_setup_context(ctx, inputs, output):
     _o, _ht, tinv, hs, w, qn, kn = output
     ctx.save_for_backward(q, k, v, beta, seg, tinv, hs, w, qn, kn)
     ctx.scale, ctx.l2norm_qk, ctx.has_h0, ctx.store_h = scale, l2norm_qk, h0 is not None, store_h
-    ctx.groups = groups
+    # the backward splits its recurrence its own way (`groups_for`; the saved chunks are in
+    # the sequences' order whatever the forward's groups)
+    ctx.groups = groups_for(q.shape[0], q.shape[2], q.shape[1], CHUNK, q.device)
     # Only o and the final state carry gradients: none are made (zero-filled) for the saved
     # outputs, nor for an output the loss does not use.
     ctx.mark_non_differentiable(tinv, hs, w, qn, kn)
@@ -372,6 +390,7 @@ def delta_rule_triton(
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (q, k, v, beta, h0)
     )
-    groups = groups_for(q.shape[0], q.shape[2], q.shape[1], CHUNK, q.device)
+    one_program = _one_program_maps(q.dtype, q.shape[-1], v.shape[-1])
+    groups = groups_for(q.shape[0], q.shape[2], q.shape[1], CHUNK, q.device, one_program)
     o, ht, *_ = delta_rule_fwd(q, k, v, beta, h0, seg, scale, l2norm_qk, needs_grad, groups)
     return o, (ht if output_final_state else None)

@@ -325,6 +325,15 @@ def _group_of(i_bh, H: tl.constexpr, G: tl.constexpr):
 
 
 @triton.jit
+def _chunk(group, n, NT):
+    """Chunk n of group `group` (NT chunks each) as a chunk of its whole sequence: Tinv and the
+    chunk states are stored in the sequences' order, [B*H, G*NT, ...], so that the forward and
+    the backward may split their recurrences into different groups (the chunk-parallel kernels
+    run unsplit)."""
+    return group * NT + n
+
+
+@triton.jit
 def _apply_maps(
     x, maps, i_bh, group, count, H: tl.constexpr, G: tl.constexpr, DK: tl.constexpr,
     DV: tl.constexpr, c0, BK: tl.constexpr, BV: tl.constexpr, REVERSE: tl.constexpr,
@@ -428,7 +437,8 @@ def fwd_kernel(
     for n in range(n_chunks):
         t0 = n * C
         if STORE_H:
-            h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
+            # the sequence's chunk order, whatever the groups (`_chunk` explains)
+            h_offs, _ = _state_offsets(seq_row, _chunk(group, n, NT), G * NT, DK, DV, c0, BK, BV)
             tl.store(hs + h_offs, S.to(hs.dtype.element_ty), mask=s_mask)
         qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK)
         kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK)
@@ -447,7 +457,7 @@ def fwd_kernel(
             x = load_vec(beta, b, h, t0, T, H, C)[:, None] * (
                 load_rows(v, b, h, t0, T, H, DV_IN, c0, C, BV) - ks
             )
-            u = mm(_load_tinv(tinv, i_bh, n, NT, C), x, DOT_DT)
+            u = mm(_load_tinv(tinv, seq_row, _chunk(group, n, NT), G * NT, C), x, DOT_DT)
         if STORE_O:
             qs = mm(qc, S, DOT_DT)
             a = mm(qc, tl.trans(kc), DOT_DT)
@@ -538,7 +548,7 @@ def bwd_state_kernel(
         n = NT - 1 - i
         t0 = n * C
         if STORE_CHUNKS:
-            h_offs, _ = _state_offsets(i_bh, n, NT, DK, DV, c0, BK, BV)
+            h_offs, _ = _state_offsets(seq_row, _chunk(group, n, NT), G * NT, DK, DV, c0, BK, BV)
             tl.store(dhs + h_offs, dS.to(dhs.dtype.element_ty), mask=s_mask)
         qc = load_rows(q, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)
         kc = load_rows(k, b, h, t0, T, H, DK, 0, C, BK).to(DOT_DT)

@@ -18,14 +18,18 @@ into G groups (the tensors viewed as [B*G, T/G, ...], segment ids restarted per 
        its group's entering state through the maps of the groups before it (after it,
        backward): up to G-1 float32 products of [K, K] by [K, BV] at its start.
 
-The chain is then ~2 NT/G chunk steps instead of NT, on G times the programs. (Step 2's
+The chain is then ~2 NT/G chunk steps instead of NT, on G times the programs. Only the
+recurrences are split: the chunk-parallel kernels run on the whole sequences and the saved
+Tinv and chunk states stay in the sequences' chunk order, so the forward and the backward
+choose their groups independently (`groups_for`). (Step 2's
 composition ran on the host until 2026-11-27: a copy, G-1 `baddbmm`, a `stack` and a fill per
 direction, ~0.06 ms per LM layer at T=8192 B=2 in small kernels; benchmarks/RESULTS.md.)
-`RLMEM_DELTA_GROUPS`: "auto" (the default), 0 = off, or an integer G. At T=8192 B=2 H=16 (auto:
-G=4 on an H200) the delta rule's fwd+bwd went 1.254 -> 1.107 ms and its forward alone 0.495 ->
-0.410 ms (wall); in device time 0.816 ms unsplit, 0.559 split (8 groups 0.568; splitting the
-state's columns instead, 0.635 at best: benchmarks/delta_split.py); with B*H rows filling the
-GPU auto keeps G=1 (KERNEL_NOTES.md, "Split recurrences").
+`RLMEM_DELTA_GROUPS`: "auto" (the default), 0 = off, or an integer G (both directions). At
+T=8192 B=2 H=16 the delta rule's fwd+bwd went 1.254 -> 1.107 ms and its forward alone 0.495 ->
+0.410 ms (wall) with 4 groups; in device time 0.816 ms unsplit, 0.559 with 4 groups (8 groups
+0.568; splitting the state's columns instead, 0.635 at best: benchmarks/delta_split.py), and
+auto now splits that forward in 8 with its maps in one program (benchmarks/RESULTS.md run AE);
+with B*H rows filling the GPU auto keeps G=1 (KERNEL_NOTES.md, "Split recurrences").
 """
 
 from __future__ import annotations
@@ -35,11 +39,20 @@ import os
 import torch
 
 
-def groups_for(B: int, H: int, T: int, chunk: int, device: torch.device) -> int:
-    """How many groups each sequence's recurrences are split into (1: not split), from
-    RLMEM_DELTA_GROUPS: "auto" (unset too: the largest power of two with B*H*G rows at most
-    the GPU's SMs and at least 8 chunks per group), off ("0", "1"), or an integer G (used when
-    T is a multiple of G chunks)."""
+def groups_for(
+    B: int, H: int, T: int, chunk: int, device: torch.device, one_program_maps: bool = False
+) -> int:
+    """How many groups a sequence's recurrence is split into (1: not split), from
+    RLMEM_DELTA_GROUPS: "auto" (unset too), off ("0", "1"), or an integer G (used when T is a
+    multiple of G chunks). The forward and the backward choose independently.
+
+    auto: the largest power of two with B*H*G rows at most the GPU's SMs and at least 8 chunks
+    per group. With `one_program_maps` (a recurrence whose maps' run has all its V + K columns
+    in one program: the forward's at 16-bit heads up to 64) the largest power of two G >= 4
+    with B*H*G rows at most twice the SMs and at least 16 chunks per group, else 1: at B2 T8192
+    H16 the forward took 0.195 ms with 8 groups against 0.238 with 4, while 2 groups, whose
+    chain is as long as one group's, were slower than none at B8 T2048 (0.180 vs 0.171 ms;
+    benchmarks/RESULTS.md run AE)."""
     setting = _setting() or "auto"
     if setting in ("0", "1"):
         return 1
@@ -47,10 +60,13 @@ def groups_for(B: int, H: int, T: int, chunk: int, device: torch.device) -> int:
         if device.type != "cuda":
             return 1
         sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        rows, min_chunks = (2 * sms, 16) if one_program_maps else (sms, 8)
         G = 1
-        while sms >= B * H * G * 2 and T % (G * 2 * chunk) == 0 and T // (G * 2 * chunk) >= 8:
+        while rows >= B * H * G * 2 and T % (G * 2 * chunk) == 0:
+            if T // (G * 2 * chunk) < min_chunks:
+                break
             G *= 2
-        return G
+        return 1 if one_program_maps and G < 4 else G
     if not setting.isdigit():
         raise ValueError(
             f"RLMEM_DELTA_GROUPS must be 0, a positive integer or 'auto', got {setting!r}"
