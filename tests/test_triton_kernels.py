@@ -268,7 +268,7 @@ def test_groups_setting(monkeypatch):
     G when T is a multiple of G chunks."""
     from rlmem.kernels.delta_rule import triton_groups
 
-    monkeypatch.setattr(triton_groups, "_sm_count", lambda index: 132)  # an H100 / H200
+    monkeypatch.setattr(triton_groups, "sm_count", lambda index: 132)  # an H100 / H200
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
     monkeypatch.delenv("RLMEM_DELTA_GROUPS", raising=False)
     assert triton_groups.groups_for(2, 16, 8192, 64, gpu) == 4  # 32 rows -> 128, 32 chunks each

@@ -25,7 +25,12 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
     wy_inverse_kernel,
 )
 from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, cdiv, dense, dot_dtype
-from rlmem.kernels.delta_rule.triton_groups import grouped, grouped_segments, groups_for
+from rlmem.kernels.delta_rule.triton_groups import (
+    grouped,
+    grouped_segments,
+    groups_for,
+    sm_count,
+)
 
 SUB = 16  # rows of a diagonal block of the triangular inverse (tl.dot needs >= 16)
 CHUNK = 4 * SUB
@@ -78,17 +83,25 @@ def launch_config(dtype: torch.dtype, DK: int, DV: int) -> dict[str, dict]:
 
 def _one_program_maps(dtype: torch.dtype, DK: int, DV: int) -> bool:
     """Whether the forward's maps run (`fwd_kernel` on the augmented state of DV + DK
-    columns) has all its columns in one program: 128 or fewer, in 16 bits. That halves its
-    programs: at B2 T8192 H16 in 8 groups one wave of 224 instead of two, the forward 0.216 ->
-    0.195 ms (benchmarks/RESULTS.md run AE); `groups_for` then splits the forward further."""
+    columns) can have all its columns in one program: 128 or fewer, in 16 bits (`groups_for`
+    then may split the forward further)."""
     return dtype != torch.float32 and block_dim(DV + DK) <= 128
 
 
-def _maps_config(dtype: torch.dtype, DK: int, DV: int) -> dict:
-    """Launch settings of the forward's maps run: the recurrence's on DV + DK columns, in one
-    program where `_one_program_maps`."""
+def _maps_config(dtype: torch.dtype, DK: int, DV: int, rows: int, device: torch.device) -> dict:
+    """Launch settings of the forward's maps run over `rows` (b, group, h) rows: the
+    recurrence's on DV + DK columns, in one program per row where it can be and where the
+    programs of the column blocks would not fit one wave (`fwd_kernel`'s ~245 registers let
+    two blocks share an SM). At B2 T8192 H16 in 8 groups: 224 programs instead of 448, the
+    forward without a backward 0.216 -> 0.195 ms; in 4 groups, where 192 fit, one program
+    per row was slower, 0.238 -> 0.243 (benchmarks/RESULTS.md run AE)."""
     cfg = launch_config(dtype, DK, DV + DK)["fwd"]
-    return cfg | {"BV": block_dim(DV + DK)} if _one_program_maps(dtype, DK, DV) else cfg
+    if device.type != "cuda" or not _one_program_maps(dtype, DK, DV):
+        return cfg
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if rows * cdiv(DV + DK, cfg["BV"]) <= 2 * sm_count(index):
+        return cfg
+    return cfg | {"BV": block_dim(DV + DK)}
 
 
 def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
@@ -136,7 +149,7 @@ def _forward(q, k, v, beta, h0, seg, scale, l2norm_qk, store_h, groups=1):
     maps = ht  # stand-in unless split
     if G > 1:  # every group's map of its entering state to its leaving one
         maps = torch.empty(Bg, H, DK, DV + DK, device=q.device, dtype=torch.float32)
-        cfg_aug = _maps_config(q.dtype, DK, DV)
+        cfg_aug = _maps_config(q.dtype, DK, DV, B * (G - 1) * H, q.device)
         # From [0 | I]; the extra K columns read no input (V or U0 have the first DV).
         fwd_kernel[(cdiv(DV + DK, cfg_aug["BV"]), Bg * H)](
             qr, kr, v, beta, tinv, w_arg, u0, seg_arg, maps, maps, o, o, maps, Tg, NT, scale,

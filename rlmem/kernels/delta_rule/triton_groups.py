@@ -50,16 +50,17 @@ def groups_for(
     per group. With `one_program_maps` (a recurrence whose maps' run has all its V + K columns
     in one program: the forward's at 16-bit heads up to 64) the largest power of two G >= 4
     with B*H*G rows at most twice the SMs and at least 16 chunks per group, else 1: at B2 T8192
-    H16 the forward took 0.195 ms with 8 groups against 0.238 with 4, while 2 groups, whose
+    H16 the forward without a backward took 0.195 ms with 8 groups against 0.238 with 4 (in
+    training, forward 8 / backward 4, the pair 0.550 against 0.558), while 2 groups, whose
     chain is as long as one group's, were slower than none at B8 T2048 (0.180 vs 0.171 ms;
-    benchmarks/RESULTS.md run AE)."""
+    benchmarks/RESULTS.md runs AE, AF)."""
     setting = _setting() or "auto"
     if setting in ("0", "1"):
         return 1
     if setting == "auto":
         if device.type != "cuda":
             return 1
-        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        sms = sm_count(device.index if device.index is not None else torch.cuda.current_device())
         rows, min_chunks = (2 * sms, 16) if one_program_maps else (sms, 8)
         G = 1
         while rows >= B * H * G * 2 and T % (G * 2 * chunk) == 0:
@@ -81,7 +82,8 @@ def _setting() -> str:
 
 
 @torch.compiler.assume_constant_result
-def _sm_count(index: int) -> int:
+def sm_count(index: int) -> int:
+    """Multiprocessors of CUDA device `index`."""
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
