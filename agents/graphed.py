@@ -5,8 +5,8 @@ of the core, heads, sampling) over a batch of a few hundred envs, so the GPU wai
 `GraphedActor` captures `Agent.act` for a fixed batch once and then replays it: inputs are
 copied into static buffers, the graph runs, outputs are read back. Weights are read by address,
 so optimizer steps (in place) are seen by later replays. A policy whose step waits on the
-host (found by `host_sync_in` before capturing) acts eagerly, with a warning. The PPO step's
-graph is `agents.learner.PPOLearner`.
+host (found by `rlmem.graphs.host_sync_in` before capturing) acts eagerly, with a warning. The
+PPO step's graph is `agents.learner.PPOLearner`.
 """
 
 from __future__ import annotations
@@ -16,29 +16,8 @@ import warnings
 import torch
 
 from agents.policy import ActOutput, Agent, Obs
+from rlmem.graphs import copy_into, warm_up_on_side_stream
 from rlmem.memory import State, tree_map
-
-
-def _copy_into(static: State, value: State) -> None:
-    tree_map(lambda s, v: s.copy_(v), static, value)
-
-
-def host_sync_in(fn) -> str | None:
-    """Runs `fn()` once with CUDA's sync debug mode on "error": returns the message if `fn`
-    waits on the GPU from the host (.item(), .nonzero(), .tolist(), ...) and so cannot be
-    captured, else None. Checking first matters: a capture that fails half-way can leave the
-    CUDA random generator unusable for the rest of the process."""
-    previous = torch.cuda.get_sync_debug_mode()
-    with warnings.catch_warnings():  # "a prototype feature": said once per call otherwise
-        warnings.filterwarnings("ignore", message="Synchronization debug mode")
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            fn()
-        except RuntimeError as err:
-            return str(err).strip().splitlines()[0]
-        finally:
-            torch.cuda.set_sync_debug_mode(previous)
-    return None
 
 
 class GraphedActor:
@@ -69,10 +48,10 @@ class GraphedActor:
                 torch.cuda.synchronize()
                 return self.agent.act(obs, state, resets)
         static = self.static
-        _copy_into(static["obs"], obs)
+        copy_into(static["obs"], obs)
         static["resets"].copy_(resets)
         if state is not static["state"]:  # usually it is: the state this graph returned last
-            _copy_into(static["state"], state)
+            copy_into(static["state"], state)
         self.graph.replay()
         out = static["out"]
         return ActOutput(
@@ -86,18 +65,12 @@ class GraphedActor:
             "resets": resets.clone(),
         }
         run = lambda: self.agent.act(static["obs"], static["state"], static["resets"])
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: allocator pools, cuBLAS handles, autotuning
-            for _ in range(2):
-                run()
-            sync = host_sync_in(run)
-        torch.cuda.current_stream().wait_stream(side)
+        sync = warm_up_on_side_stream(run)
         if sync is not None:
             raise RuntimeError(f"the policy step synchronises with the host ({sync})")
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             static["out"] = run()
             # The new state goes back into the input buffers: the next step reads it there.
-            _copy_into(static["state"], static["out"].state)
+            copy_into(static["state"], static["out"].state)
         self.graph, self.static = graph, static

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from agents.graphed import host_sync_in
 from agents.policy import Agent
+from rlmem.graphs import host_sync_in
 from rlmem.memory import index_state, tree_map
 
 STAT_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac")

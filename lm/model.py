@@ -164,16 +164,22 @@ class LM(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        cuda_graph: bool = True,
     ) -> torch.Tensor:
         """Continues each row of idx int64 [B, T0] by `max_new_tokens` tokens.
 
         The prompt goes through one parallel `forward` (prefill); every new token then costs one
-        `step` with the carried core state. `temperature=0` is greedy decoding; `top_k` keeps
-        only the k most likely tokens before sampling.
+        `step` with the carried core state, replayed from a CUDA graph on CUDA unless
+        `cuda_graph` is False (`lm.decode.GraphedStep`: same tokens, one launch per step
+        instead of hundreds). `temperature=0` is greedy decoding; `top_k` keeps only the k
+        most likely tokens before sampling.
 
         Returns:
             int64 [B, T0 + max_new_tokens]: the prompt followed by the sampled tokens.
         """
+        from lm.decode import GraphedStep  # lm.decode does not import this module
+
+        step = GraphedStep(self, enabled=cuda_graph)
         logits, _, state = self(idx)
         logits = logits[:, -1]  # (B, V)
         new = []
@@ -181,7 +187,7 @@ class LM(nn.Module):
             next_id = sample_next(logits, temperature, top_k, generator)  # (B,)
             new.append(next_id)
             if i + 1 < max_new_tokens:
-                logits, state = self.step(next_id, state)
+                logits, state = step(next_id, state)  # logits: read before the next step
         if not new:
             return idx
         return torch.cat([idx, torch.stack(new, dim=1)], dim=1)

@@ -12,7 +12,7 @@ from rlmem.memory import tree_leaves
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("core", ["hqlt-sync", "gru", "transformer"])
+@pytest.mark.parametrize("core", ["hqlt-sync", "hqlt-delayed-chunk", "gru", "transformer"])
 def test_graphed_actor_matches_eager_acting(core):
     obs_space = spaces.Dict({"vector": spaces.Box(-1, 1, (6,))})
     agent = Agent(obs_space, spaces.Discrete(4), core=core, core_options={"d_model": 32}).cuda()

@@ -284,7 +284,10 @@ class HQLTMixer(Mixer):
         scale = self.head_dim**-0.5
         o_fw = scale * read_state(fw, l2norm(F.silu(q).float()))
         complete = kv["n"] == self.chunk - 1
-        if bool(complete.any()):
+        # On CUDA every step computes the write and keeps it only where a chunk completes:
+        # asking the host first would stall the GPU's queue each step and cannot be captured
+        # in a CUDA graph (acting, decoding). On CPU the check saves the work.
+        if q.is_cuda or bool(complete.any()):
             k_chunk = torch.cat([kv["k_raw"], k[:, None].float()], 1)
             v_chunk = torch.cat([kv["v"], v[:, None].float()], 1)
             beta_chunk = torch.cat([kv["beta"], beta[:, None].float()], 1)
