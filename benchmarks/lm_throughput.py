@@ -35,6 +35,13 @@ from rlmem.memory.attention import AttentionMixer, TransformerCore
 from rlmem.memory.layers import apply_rope, rope_tables
 
 SDPA = "sdpa-transformer"
+# torch SDPA's backends and the switches that enable each (process-wide)
+SDPA_BACKENDS = {
+    "flash": "enable_flash_sdp",
+    "cudnn": "enable_cudnn_sdp",
+    "efficient": "enable_mem_efficient_sdp",
+    "math": "enable_math_sdp",
+}
 
 
 class SDPAMixer(AttentionMixer):
@@ -272,6 +279,13 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
         choices=["train", "eval"],
         help="time training steps, or the forward alone under no_grad (validation, prefill)",
     )
+    parser.add_argument(
+        "--sdpa-backend",
+        default="auto",
+        choices=["auto", *SDPA_BACKENDS],
+        help="the only backend torch SDPA may use (auto: torch's choice; on Hopper with torch "
+        "2.11 that is cuDNN's attention for the SDPA transformer)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
 
@@ -279,6 +293,9 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
 def runtime_settings(args: argparse.Namespace) -> tuple[torch.device, torch.dtype, dict]:
     """(device, compute dtype, extra core options) from the flags of `add_shape_args`."""
     device = pick_device(args.device)
+    if args.sdpa_backend != "auto":
+        for backend, switch in SDPA_BACKENDS.items():
+            getattr(torch.backends.cuda, switch)(backend == args.sdpa_backend)
     return device, pick_dtype(args.dtype, device), parse_options(args.core_opt, "--core-opt")
 
 
@@ -295,6 +312,7 @@ def describe(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
         f"compile={args.compile}"
         + (f" ({args.compile_mode})" if args.compile and args.compile_mode else "")
         + (f", {args.mode} steps" if args.mode != "train" else "")
+        + (f", SDPA backend {args.sdpa_backend}" if args.sdpa_backend != "auto" else "")
     )
 
 
