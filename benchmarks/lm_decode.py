@@ -6,8 +6,9 @@
 Each core becomes an LM of the same width, depth and head count (`transformer`: full causal
 attention over prompt + new tokens, its KV buffer that long). The prompt is prefilled with one
 `forward`; then `--new-tokens` greedy steps (`model.step`, argmax) are timed eagerly and through
-`lm.decode.GraphedStep` (its capture timed apart), CUDA synchronised, under bf16 autocast.
-Prints ms per step and tokens/s per core, batch size and mode.
+`lm.decode.GraphedStep` (its capture timed apart), and with `--compile` also through the
+compiled and graphed step, CUDA synchronised, under bf16 autocast. Prints ms per step and
+tokens/s per core, batch size and mode.
 """
 
 from __future__ import annotations
@@ -49,11 +50,11 @@ def measure(core: str, batch: int, args, device, dtype, extra: dict) -> list[dic
         sync(device)
         prefill = time.perf_counter() - start
         ids = logits[:, -1].argmax(-1)
-        for mode in ("eager", "graph"):
-            step = GraphedStep(model, enabled=mode == "graph")
+        for mode in ("eager", "graph", "graph+compile") if args.compile else ("eager", "graph"):
+            step = GraphedStep(model, enabled=mode != "eager", compile=mode == "graph+compile")
             sync(device)
             start = time.perf_counter()
-            logits, _ = step(ids, state)  # the capture (and its warm-up steps) when graphed
+            logits, _ = step(ids, state)  # the capture (its warm-up, any compile) when graphed
             sync(device)
             first = time.perf_counter() - start
             seconds, _ = time_steps(step, ids, state, args.new_tokens, device)
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| core | batch | mode | ms per step | tokens/s | first call (ms) | prefill (ms) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        mode = r["mode"] if r["mode"] == "eager" or r["graphed"] else "graph (ran eagerly)"
+        ran_eagerly = r["mode"] != "eager" and not r["graphed"]
+        mode = r["mode"] + (" (ran eagerly)" if ran_eagerly else "")
         print(
             f"| {r['core']} | {r['batch']} | {mode} | {r['ms_per_step']:.2f} "
             f"| {r['tokens_per_s']:,.0f} | {r['first_call_ms']:.0f} | {r['prefill_ms']:.0f} |"

@@ -40,6 +40,8 @@ class GenerateConfig:
     """autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32"""
     cuda_graph: bool = True
     """on CUDA, replay each decoding step from a CUDA graph (the same tokens, faster)"""
+    compile: bool = False
+    """with --cuda-graph, torch.compile the step first (a minute or so once; faster steps)"""
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[LM, Tokenizer, dict]:
@@ -65,6 +67,7 @@ def generate_text(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     cuda_graph: bool = True,
+    compile: bool = False,
 ) -> list[str]:
     """`num_samples` continuations of `prompt` (the prompt included in each returned text)."""
     device = next(model.parameters()).device
@@ -72,7 +75,9 @@ def generate_text(
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with autocast(device, dtype):
-        out = model.generate(idx, max_new_tokens, temperature, top_k, generator, cuda_graph)
+        out = model.generate(
+            idx, max_new_tokens, temperature, top_k, generator, cuda_graph, compile
+        )
     return [tokenizer.decode(row.tolist()) for row in out]
 
 
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.seed,
         pick_dtype(cfg.dtype, device),
         cfg.cuda_graph,
+        cfg.compile,
     )
     for i, text in enumerate(texts):
         if len(texts) > 1:

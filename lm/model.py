@@ -165,21 +165,23 @@ class LM(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         cuda_graph: bool = True,
+        compile: bool = False,
     ) -> torch.Tensor:
         """Continues each row of idx int64 [B, T0] by `max_new_tokens` tokens.
 
         The prompt goes through one parallel `forward` (prefill); every new token then costs one
         `step` with the carried core state, replayed from a CUDA graph on CUDA unless
         `cuda_graph` is False (`lm.decode.GraphedStep`: same tokens, one launch per step
-        instead of hundreds). `temperature=0` is greedy decoding; `top_k` keeps only the k
-        most likely tokens before sampling.
+        instead of hundreds), after `torch.compile` with `compile` (fewer, fused kernels in
+        the graph, for a one-off compilation). `temperature=0` is greedy decoding; `top_k`
+        keeps only the k most likely tokens before sampling.
 
         Returns:
             int64 [B, T0 + max_new_tokens]: the prompt followed by the sampled tokens.
         """
         from lm.decode import GraphedStep  # lm.decode does not import this module
 
-        step = GraphedStep(self, enabled=cuda_graph)
+        step = GraphedStep(self, enabled=cuda_graph, compile=compile)
         logits, _, state = self(idx)
         logits = logits[:, -1]  # (B, V)
         new = []

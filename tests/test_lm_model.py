@@ -86,6 +86,26 @@ def test_graphed_decoding_matches_eager_decoding(core):
     assert stepper.enabled and len(stepper.graphs) == 2, "decoding fell back to eager steps"
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("core", ["hqlt-sync", "transformer"])
+def test_compiled_graphed_decoding_matches_eager_decoding(core):
+    from lm.decode import GraphedStep
+
+    torch.manual_seed(3)
+    model = tiny_lm(core).cuda()
+    idx = tokens(batch=2, steps=5)[0].cuda()
+    stepper = GraphedStep(model, compile=True)
+    with torch.no_grad():
+        _, _, state_e = model(idx)
+        state_g, ids = state_e, idx[:, -1]
+        for t in range(10):
+            logits_g, state_g = stepper(ids, state_g)
+            logits_e, state_e = model.step(ids, state_e)
+            assert_close(f"{core} logits, step {t}", logits_g, logits_e, 1e-4)
+            ids = logits_e.argmax(-1)
+    assert stepper.enabled and stepper.graphs, "decoding fell back to eager steps"
+
+
 def test_loss_is_cross_entropy_over_scored_targets_only():
     model = tiny_lm("gru")
     idx, _ = tokens()
