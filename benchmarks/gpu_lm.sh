@@ -10,13 +10,17 @@
 #       T=8192 B=2 compiled with CUDA graphs (reduce-overhead; unless COMPILE_MODE is set),
 #       T=8192 B=2 eager with EAGER_8K=1 (~8-10 min together);
 #   (3) validation perplexity after a fixed token budget on the stdlib corpus:
-#       transformer, deltanet, hqlt-sync.
+#       transformer, deltanet, hqlt-sync;
+#   (4) (only when SECTIONS names it) the forward alone at T=8192 B=2 with CUDA graphs
+#       (evaluation / prefill tokens/s, hqlt-sync and SDPA) and decoding after a 2048-token
+#       prompt (`lm_decode.py --compile`: eager, CUDA graph, compiled + graph; ~5 min).
 # Logs and JSON go to $OUT (or /tmp/rlmem-lm); the last lines are the results table.
 # Knobs: PARITY_STEPS (optimiser steps per parity run, default 3000; a run stops early at 99%),
 # PARITY_S (a cap on each run's training seconds, default 150; the learning-rate schedule decays
-# fully by whichever budget ends first), LM_STEPS (optimiser steps of run 3, default 300), SECTIONS (which of
-# 1 2 3 to run, default "1 2 3"; e.g. SECTIONS=2 for the throughput runs alone), COMPILE_MODE
-# (torch.compile mode of the compiled throughput runs, e.g. reduce-overhead for CUDA graphs),
+# fully by whichever budget ends first), LM_STEPS (optimiser steps of run 3, default 300),
+# SECTIONS (which of 1 2 3 4 to run, default "1 2 3"; e.g. SECTIONS=2 for the throughput runs
+# alone, SECTIONS=4 for evaluation and decoding), COMPILE_MODE (torch.compile mode of the
+# compiled throughput runs, e.g. reduce-overhead for CUDA graphs),
 # CORE_OPT (key=value ... for the throughput runs' cores, e.g. mixer=dynamic-scalar: the
 # same-size hqlt-sync, 342.3M parameters against the transformer's 341.1M).
 set -u
@@ -78,6 +82,18 @@ for core in transformer deltanet hqlt-sync; do
         --eval-batches 20 --log-interval 50 --no-progress-bar --no-resume \
         --run-dir "$OUT/lm-$core" 2>&1 | tee "$OUT/lm-$core.log" | grep -E "^(step|prep|[a-z-]+:)"
 done
+fi
+
+if run_section 4; then
+echo "== (4) evaluation forward (T=8192 B=2, CUDA graphs) and decoding (2048-token prompt)"
+SHAPE="--d-model 1024 --n-layers 24 --n-heads 16 ${CORE_OPT:+--core-opt $CORE_OPT}"
+timeout 200 python3 benchmarks/lm_throughput.py --cores hqlt-sync sdpa-transformer $SHAPE \
+    --seq-len 8192 --batch-size 2 --steps 20 --warmup 3 --compile --compile-mode reduce-overhead \
+    --mode eval --json "$OUT/eval-8k-graphs.json" 2>&1 | tee "$OUT/eval-8k-graphs.log" \
+    | grep -v '^{'
+(cd benchmarks && timeout 300 python3 lm_decode.py --cores hqlt-sync transformer $SHAPE \
+    --prompt-len 2048 --new-tokens 128 --batch-sizes 1 8 --compile 2>&1) \
+    | tee "$OUT/decode.log" | grep -v "^{"
 fi
 
 echo "== results"
