@@ -7,6 +7,7 @@ every new token costs one `step` of the core with its carried state.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ class GenerateConfig:
     """on CUDA, replay each decoding step from a CUDA graph (the same tokens, faster)"""
     compile: bool = False
     """with --cuda-graph, torch.compile the step first (a minute or so once; faster steps)"""
+    stream: bool = True
+    """print a single sample's text as it is generated (several samples print at the end)"""
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[LM, Tokenizer, dict]:
@@ -56,6 +59,36 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[L
     return model.to(device).eval(), load_tokenizer(run_dir / "tokenizer.json"), ckpt
 
 
+class TextStream:
+    """Turns sampled ids (one row) into the new text they add, for printing as they come.
+
+    The whole continuation is decoded again at each token, so a multi-byte character or a BPE
+    merge split over several tokens is shown once complete: text that ends in U+FFFD (a
+    character cut short) waits for the next token.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, emit: Callable[[str], None]):
+        self.tokenizer, self.emit = tokenizer, emit
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def __call__(self, next_id: torch.Tensor) -> None:
+        self.ids.append(int(next_id[0]))
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return
+        if text.startswith(self.shown):
+            self.emit(text[len(self.shown) :])
+        self.shown = text
+
+    def flush(self) -> None:
+        """Emits what is left (a character still cut short at the end, as U+FFFD)."""
+        text = self.tokenizer.decode(self.ids)
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            self.emit(text[len(self.shown) :])
+        self.shown = text
+
+
 def generate_text(
     model: LM,
     tokenizer: Tokenizer,
@@ -68,16 +101,27 @@ def generate_text(
     dtype: torch.dtype = torch.float32,
     cuda_graph: bool = True,
     compile: bool = False,
+    stream: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """`num_samples` continuations of `prompt` (the prompt included in each returned text)."""
+    """`num_samples` continuations of `prompt` (the prompt included in each returned text).
+    With `stream` (one sample only), the prompt and then each new piece of text are passed to
+    it as they come."""
+    if stream is not None and num_samples != 1:
+        raise ValueError(f"streaming shows one sample; num_samples is {num_samples}")
     device = next(model.parameters()).device
     ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
     idx = torch.tensor([ids] * num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
+    streamer = None
+    if stream is not None:
+        stream(tokenizer.decode(ids))
+        streamer = TextStream(tokenizer, stream)
     with autocast(device, dtype):
         out = model.generate(
-            idx, max_new_tokens, temperature, top_k, generator, cuda_graph, compile
+            idx, max_new_tokens, temperature, top_k, generator, cuda_graph, compile, streamer
         )
+    if streamer is not None:
+        streamer.flush()
     return [tokenizer.decode(row.tolist()) for row in out]
 
 
@@ -88,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     device = pick_device(cfg.device)
     model, tokenizer, _ = load_run(cfg.run_dir, device)
+    streaming = cfg.stream and cfg.num_samples == 1
+    emit = (lambda piece: print(piece, end="", flush=True)) if streaming else None  # noqa: E731
     texts = generate_text(
         model,
         tokenizer,
@@ -100,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         pick_dtype(cfg.dtype, device),
         cfg.cuda_graph,
         cfg.compile,
+        emit,
     )
+    if streaming:
+        print()
+        return 0
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1}")

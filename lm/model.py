@@ -14,6 +14,7 @@ fixed-size state instead of recomputing the prefix.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +167,7 @@ class LM(nn.Module):
         generator: torch.Generator | None = None,
         cuda_graph: bool = True,
         compile: bool = False,
+        on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Continues each row of idx int64 [B, T0] by `max_new_tokens` tokens.
 
@@ -174,7 +176,8 @@ class LM(nn.Module):
         `cuda_graph` is False (`lm.decode.GraphedStep`: same tokens, one launch per step
         instead of hundreds), after `torch.compile` with `compile` (fewer, fused kernels in
         the graph, for a one-off compilation). `temperature=0` is greedy decoding; `top_k`
-        keeps only the k most likely tokens before sampling.
+        keeps only the k most likely tokens before sampling. `on_token`, if given, sees each
+        sampled int64 [B] as it comes (to stream text).
 
         Returns:
             int64 [B, T0 + max_new_tokens]: the prompt followed by the sampled tokens.
@@ -188,6 +191,8 @@ class LM(nn.Module):
         for i in range(max_new_tokens):
             next_id = sample_next(logits, temperature, top_k, generator)  # (B,)
             new.append(next_id)
+            if on_token is not None:
+                on_token(next_id)
             if i + 1 < max_new_tokens:
                 logits, state = step(next_id, state)  # logits: read before the next step
         if not new:

@@ -84,6 +84,11 @@ def test_cli_train_generate_eval(corpus, tmp_path, capsys):
     assert cli.main(["generate", str(run), *sample]) == 0
     out = capsys.readouterr().out
     assert out.count("the quick") == 2 and "--- sample 2" in out
+    one = ["--prompt", "the quick", "--max-new-tokens", "12", "--temperature", "1.0"]
+    assert cli.main(["generate", str(run), *one]) == 0  # one sample: streamed
+    streamed = capsys.readouterr().out
+    assert cli.main(["generate", str(run), *one, "--no-stream"]) == 0
+    assert streamed == capsys.readouterr().out and streamed.startswith("the quick")
     assert cli.main(["eval", str(run), "--max-tokens", "500"]) == 0
     assert "val loss" in capsys.readouterr().out
     assert json.loads((run / "eval-val.json").read_text())["tokens"] > 0
@@ -168,3 +173,17 @@ def test_torchrun_ddp_on_cpu_trains_and_saves_once(corpus, tmp_path):
     assert "2 process(es)" in proc.stdout
     assert proc.stdout.count("step 3: loss") == 1  # only rank 0 logs
     assert torch.load(run / "ckpt.pt", weights_only=True)["step"] == 3
+
+
+def test_text_stream_waits_for_a_whole_character():
+    from lm.generate import TextStream
+    from lm.tokenizer import ByteTokenizer
+
+    pieces = []
+    stream = TextStream(ByteTokenizer(), pieces.append)
+    for byte in "aé€".encode():  # 1 + 2 + 3 bytes
+        stream(torch.tensor([byte]))
+    stream(torch.tensor([0xE2]))  # the first byte of another 3-byte character, cut short
+    assert pieces == ["a", "é", "€"]
+    stream.flush()
+    assert "".join(pieces) == "aé€\ufffd"
