@@ -246,6 +246,10 @@ class TokenSplit:
             [self.shards[i][s : s + seq_len + 1] for i, s in zip(shard_ids, starts)]
         ).astype(np.int64)
 
+    def num_windows(self, seq_len: int) -> int:
+        """How many windows `windows(seq_len)` yields."""
+        return sum(len(range(0, len(shard) - seq_len, seq_len)) for shard in self.shards)
+
     def windows(self, seq_len: int) -> Iterator[np.ndarray]:
         """Every non-overlapping window of `seq_len + 1` tokens (stride seq_len), in order:
         int64 [T + 1] each. Used for exact validation perplexity."""

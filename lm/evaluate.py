@@ -18,7 +18,7 @@ import torch
 
 from lm.data import TokenSplit, prepare
 from lm.generate import load_run
-from lm.runtime import autocast, pick_device, pick_dtype
+from lm.runtime import autocast, pick_device, pick_dtype, progress
 from lm.train import to_batch
 from rlmem.args import parse_args
 from rlmem.io import atomic_write_text
@@ -42,6 +42,8 @@ class EvalConfig:
     """auto (CUDA if present), cpu, cuda, ..."""
     dtype: str = "auto"
     """autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32"""
+    progress_bar: bool = True
+    """show a progress bar over the windows"""
 
 
 def run_data_dir(ckpt: dict, data: str | None) -> Path:
@@ -72,16 +74,20 @@ def evaluate_run(cfg: EvalConfig) -> dict:
             "was it prepared with another tokenizer?"
         )
     seq_len = cfg.seq_len or tc["seq_len"]
-    windows = split.windows(seq_len)
+    windows, count = split.windows(seq_len), split.num_windows(seq_len)
     if cfg.max_tokens:
-        windows = islice(windows, max(1, cfg.max_tokens // seq_len))
+        count = min(count, max(1, cfg.max_tokens // seq_len))
+        windows = islice(windows, count)
     total_loss, total_tokens = 0.0, 0
+    bar = progress(count, desc=f"eval {cfg.split}", disable=not cfg.progress_bar)
     while batch := list(islice(windows, cfg.batch_size)):
         x, y, resets = to_batch(np.stack(batch), split.bos_id, tc["doc_resets"], device)
         with autocast(device, dtype):
             _, loss, _ = model(x, y, None, resets)
         total_loss += loss.item() * y.numel()
         total_tokens += y.numel()
+        bar.update(len(batch))
+    bar.close()
     if not total_tokens:
         raise ValueError(f"the {cfg.split} split has fewer than {seq_len + 1} tokens")
     loss = total_loss / total_tokens

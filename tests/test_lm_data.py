@@ -48,10 +48,12 @@ def test_batches_never_cross_the_split(letter_corpus, tmp_path):
             batch = tokens.sample(rng, batch_size=8, seq_len=64)
             assert batch.shape == (8, 65)
             assert set(np.unique(batch).tolist()) <= allowed
-        seen = set()
+        seen, count = set(), 0
         for window in tokens.windows(32):
             seen |= set(window.tolist())
+            count += 1
         assert seen <= allowed
+        assert count == tokens.num_windows(32) > 0  # what `rlmem lm eval`'s bar counts
 
 
 def test_split_is_fixed_by_the_path_alone():
