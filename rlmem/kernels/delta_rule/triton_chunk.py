@@ -26,10 +26,10 @@ from rlmem.kernels.delta_rule.triton_chunk_kernels import (
 )
 from rlmem.kernels.delta_rule.triton_common import EPS, block_dim, cdiv, dense, dot_dtype
 from rlmem.kernels.delta_rule.triton_groups import (
+    device_sm_count,
     grouped,
     grouped_segments,
     groups_for,
-    sm_count,
 )
 
 SUB = 16  # rows of a diagonal block of the triangular inverse (tl.dot needs >= 16)
@@ -98,8 +98,7 @@ def _maps_config(dtype: torch.dtype, DK: int, DV: int, rows: int, device: torch.
     cfg = launch_config(dtype, DK, DV + DK)["fwd"]
     if device.type != "cuda" or not _one_program_maps(dtype, DK, DV):
         return cfg
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if rows * cdiv(DV + DK, cfg["BV"]) <= 2 * sm_count(index):
+    if rows * cdiv(DV + DK, cfg["BV"]) <= 2 * device_sm_count(device):
         return cfg
     return cfg | {"BV": block_dim(DV + DK)}
 

@@ -60,7 +60,7 @@ def groups_for(
     if setting == "auto":
         if device.type != "cuda":
             return 1
-        sms = sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        sms = device_sm_count(device)
         rows, min_chunks = (2 * sms, 16) if one_program_maps else (sms, 8)
         G = 1
         while rows >= B * H * G * 2 and T % (G * 2 * chunk) == 0:
@@ -85,6 +85,11 @@ def _setting() -> str:
 def sm_count(index: int) -> int:
     """Multiprocessors of CUDA device `index`."""
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def device_sm_count(device: torch.device) -> int:
+    """`sm_count` of CUDA `device` (the current device where it names no index)."""
+    return sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def grouped(x: torch.Tensor, G: int) -> torch.Tensor:
