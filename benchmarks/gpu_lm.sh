@@ -97,7 +97,7 @@ timeout 200 python3 benchmarks/lm_throughput.py --cores hqlt-sync sdpa-transform
 fi
 
 echo "== results"
-OUT="$OUT" python3 - <<'EOF'
+OUT="$OUT" SECTIONS="$SECTIONS" python3 - <<'EOF'
 import json, os
 out = os.environ["OUT"]
 
@@ -108,52 +108,58 @@ def load(path):
     except (OSError, ValueError):
         return None
 
-print("| parity (2 layers, test 40-256) | normalised test acc | raw | steps | seconds | stop |")
-print("|---|---|---|---|---|---|")
-for core in ("hqlt-sync", "hqlt-delayed-stream", "hqlt-delayed-chunk"):
-    r = load(f"parity-{core}/results.json")
-    if r is None:
-        print(f"| {core} | missing | | | | |")
-        continue
-    print(f"| {core} | {100 * r['test_normalised_accuracy']:.1f}% | "
-          f"{100 * r['test_accuracy']:.1f}% | {r['steps']} | {r['seconds']:.0f} | {r['stopped']} |")
+sections = os.environ["SECTIONS"].split()  # a table per section run (4 prints its own)
 
-runs = [("T=2048 B=8 eager", "throughput.json"),
-        ("T=2048 B=8 compiled", "throughput-compile.json"),
-        ("T=8192 B=2 compiled", "throughput-8k-compile.json"),
-        ("T=8192 B=2 CUDA graphs", "throughput-8k-graphs.json"),
-        ("T=8192 B=2 eager", "throughput-8k.json")]
-device = next((t["device"] for _, p in runs if (t := load(p))), "?")
-print(f"\n| LM training ({device}) | core | tokens/s | vs sdpa-transformer | vs transformer "
-      "| MFU | mem (GB) |")
-print("|---|---|---|---|---|---|---|")
-for label, path in runs:
-    t = load(path)
-    rows = {r["core"]: r for r in (t or {}).get("results", []) if "error" not in r}
-    errors = {r["core"]: r["error"] for r in (t or {}).get("results", []) if "error" in r}
-    if t is None:
-        print(f"| {label} | - | missing (not run or cut off) | | | | |")
-        continue
-    for core in ("hqlt-sync", "transformer", "sdpa-transformer"):
-        r = rows.get(core)
+if "1" in sections:
+    print("| parity (2 layers, test 40-256) | normalised test acc | raw | steps | seconds | stop |")
+    print("|---|---|---|---|---|---|")
+    for core in ("hqlt-sync", "hqlt-delayed-stream", "hqlt-delayed-chunk"):
+        r = load(f"parity-{core}/results.json")
         if r is None:
-            if core in errors:
-                print(f"| {label} | {core} | {errors[core][:60]} | | | | |")
+            print(f"| {core} | missing | | | | |")
             continue
-        ratios = [f"{r['tokens_per_s'] / rows[ref]['tokens_per_s']:.2f}x" if ref in rows else "-"
-                  for ref in ("sdpa-transformer", "transformer")]
-        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-        mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") is not None else "-"
-        print(f"| {label} | {core} | {r['tokens_per_s']:,.0f} | {ratios[0]} | {ratios[1]} "
-              f"| {mfu} | {mem} |")
+        print(f"| {core} | {100 * r['test_normalised_accuracy']:.1f}% | "
+              f"{100 * r['test_accuracy']:.1f}% | {r['steps']} | {r['seconds']:.0f} | {r['stopped']} |")
 
-print("\n| stdlib LM (same token budget) | val loss | val ppl | bits/byte | tokens/s |")
-print("|---|---|---|---|---|")
-for core in ("transformer", "deltanet", "hqlt-sync"):
-    r = load(f"lm-{core}/results.json")
-    if r is None or "val_loss" not in r:
-        print(f"| {core} | missing | | | |")
-        continue
-    print(f"| {core} | {r['val_loss']:.4f} | {r['val_ppl']:.3f} | {r['val_bpb']:.3f} | "
-          f"{r['tokens_per_s']:,.0f} |")
+if "2" in sections:
+    runs = [("T=2048 B=8 eager", "throughput.json"),
+            ("T=2048 B=8 compiled", "throughput-compile.json"),
+            ("T=8192 B=2 compiled", "throughput-8k-compile.json"),
+            ("T=8192 B=2 CUDA graphs", "throughput-8k-graphs.json"),
+            ("T=8192 B=2 eager", "throughput-8k.json")]
+    device = next((t["device"] for _, p in runs if (t := load(p))), "?")
+    print(f"\n| LM training ({device}) | core | tokens/s | vs sdpa-transformer | vs transformer "
+          "| MFU | mem (GB) |")
+    print("|---|---|---|---|---|---|---|")
+    for label, path in runs:
+        t = load(path)
+        rows = {r["core"]: r for r in (t or {}).get("results", []) if "error" not in r}
+        errors = {r["core"]: r["error"] for r in (t or {}).get("results", []) if "error" in r}
+        if t is None:
+            print(f"| {label} | - | missing (not run or cut off) | | | | |")
+            continue
+        for core in ("hqlt-sync", "transformer", "sdpa-transformer"):
+            r = rows.get(core)
+            if r is None:
+                if core in errors:
+                    print(f"| {label} | {core} | {errors[core][:60]} | | | | |")
+                continue
+            ratios = [f"{r['tokens_per_s'] / rows[ref]['tokens_per_s']:.2f}x" if ref in rows else "-"
+                      for ref in ("sdpa-transformer", "transformer")]
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+            mem = f"{r['peak_mem_gb']:.1f}" if r.get("peak_mem_gb") is not None else "-"
+            print(f"| {label} | {core} | {r['tokens_per_s']:,.0f} | {ratios[0]} | {ratios[1]} "
+                  f"| {mfu} | {mem} |")
+
+if "3" in sections:
+    print("\n| stdlib LM (same token budget) | val loss | val ppl | bits/byte | tokens/s |")
+    print("|---|---|---|---|---|")
+    for core in ("transformer", "deltanet", "hqlt-sync"):
+        r = load(f"lm-{core}/results.json")
+        if r is None or "val_loss" not in r:
+            print(f"| {core} | missing | | | |")
+            continue
+        print(f"| {core} | {r['val_loss']:.4f} | {r['val_ppl']:.3f} | {r['val_bpb']:.3f} | "
+              f"{r['tokens_per_s']:,.0f} |")
+
 EOF

@@ -8,7 +8,8 @@ attention over prompt + new tokens, its KV buffer that long). The prompt is pref
 `forward`; then `--new-tokens` greedy steps (`model.step`, argmax) are timed eagerly and through
 `lm.decode.GraphedStep` (its capture timed apart), and with `--compile` also through the
 compiled and graphed step, CUDA synchronised, under bf16 autocast. Prints ms per step and
-tokens/s per core, batch size and mode.
+tokens/s per core, batch size and mode, and the prompt's prefill time (its second call: the
+first compiles the memory kernels for a new shape, seconds on a fresh process).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def measure(core: str, batch: int, args, device, dtype, extra: dict) -> list[dic
     prompt = torch.randint(0, args.vocab_size, (batch, args.prompt_len), device=device)
     rows = []
     with autocast(device, dtype):
+        model(prompt)  # a first call compiles any kernel this shape needs
         sync(device)
         start = time.perf_counter()
         logits, _, state = model(prompt)
