@@ -6,6 +6,7 @@ and are imported only when called (the library itself never imports agents, envs
     rlmem ppo | eval | impala   -> agents
     rlmem envs                  -> envs
     rlmem lm ...                -> lm
+    rlmem plot                  -> rlmem.plot (any run's TensorBoard curves)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ COMMANDS = {
     "impala": ("agents.impala", "train a memory agent with IMPALA / V-trace"),
     "eval": ("agents.evaluate", "evaluate a trained agent's run directory"),
     "lm": ("lm.cli", "train, evaluate and sample language models; synthetic tasks"),
+    "plot": ("rlmem.plot", "plot training curves of run directories (TensorBoard scalars)"),
 }
 
 
