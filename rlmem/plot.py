@@ -3,12 +3,14 @@
     rlmem plot runs/ppo-gru runs/ppo-hqlt                  # PPO: return and MMER per env step
     rlmem plot runs/lm --tags train/loss val/loss --out lm.png
     rlmem plot runs/ppo-hqlt --list                        # the scalars a run logged
+    rlmem plot runs                                        # every run under runs/
 
 Every run a PPO / IMPALA agent, `rlmem lm train` or `rlmem lm task` writes has TensorBoard
 event files (in the run directory or its `tb/`); this reads their scalars (a resumed run's
 purged steps dropped, as TensorBoard does) and draws one panel per tag, one line per run,
-into a PNG. Without --tags it draws those of `DEFAULT_TAGS` (an agent's return and MMER,
-an LM's training and validation loss, a task's test accuracy) that the runs logged.
+into a PNG. A directory holding several runs stands for each of them. Without --tags it
+draws those of `DEFAULT_TAGS` (an agent's return and MMER, an LM's training and validation
+loss, a task's test accuracy) that the runs logged.
 """
 
 from __future__ import annotations
@@ -35,34 +37,38 @@ DEFAULT_TAGS = (
 Curve = tuple[np.ndarray, np.ndarray]  # steps int64 [N], values float64 [N]
 
 
-def event_dirs(run_dir: Path) -> list[Path]:
-    """The folders under run_dir (itself included) that hold TensorBoard event files."""
-    return sorted({p.parent for p in run_dir.rglob("events.out.tfevents.*")})
+def find_runs(paths: list[Path]) -> dict[str, Path]:
+    """{legend name: event folder} of the runs under `paths`: a run is a folder of TensorBoard
+    event files, named after itself (after its parent when it is an LM run's `tb/`); a path
+    holding several runs stands for each. Names that repeat become paths."""
+    folders = []
+    for path in paths:
+        if not path.is_dir():
+            raise FileNotFoundError(f"no run directory {path}")
+        found = sorted({p.parent for p in path.rglob("events.out.tfevents.*")})
+        if not found:
+            raise FileNotFoundError(
+                f"{path} holds no TensorBoard event files (events.out.tfevents.*)"
+            )
+        folders += found
+    runs = [f.parent if f.name == "tb" else f for f in folders]
+    names = [run.name or str(run) for run in runs]
+    if len(set(names)) < len(names):
+        names = [str(run) for run in runs]
+    return dict(zip(names, folders))
 
 
-def read_scalars(run_dir: str | Path) -> dict[str, Curve]:
-    """Every scalar tag the run logged: {tag: (steps, values)}, by step. A tag logged in
-    several event folders (none of rlmem's runs do) keeps the one found first."""
+def read_scalars(folder: str | Path) -> dict[str, Curve]:
+    """Every scalar tag logged in an event folder: {tag: (steps, values)}, by step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"no run directory {run_dir}")
-    folders = event_dirs(run_dir)
-    if not folders:
-        raise FileNotFoundError(
-            f"{run_dir} holds no TensorBoard event files (events.out.tfevents.*)"
-        )
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every point
+    acc.Reload()
     curves: dict[str, Curve] = {}
-    for folder in folders:
-        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every point
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            if tag in curves:
-                continue
-            events = sorted(acc.Scalars(tag), key=lambda e: e.step)
-            steps = np.array([e.step for e in events], dtype=np.int64)
-            curves[tag] = steps, np.array([e.value for e in events], dtype=np.float64)
+    for tag in acc.Tags()["scalars"]:
+        events = sorted(acc.Scalars(tag), key=lambda e: e.step)
+        steps = np.array([e.step for e in events], dtype=np.int64)
+        curves[tag] = steps, np.array([e.value for e in events], dtype=np.float64)
     return curves
 
 
@@ -122,9 +128,9 @@ def plot(
         ax.set_title(tag)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")  # per panel: runs of different kinds log different tags
     for ax in list(axes.flat)[len(tags) :]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize="small")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
@@ -132,18 +138,12 @@ def plot(
     return out
 
 
-def run_names(dirs: list[Path]) -> list[str]:
-    """Legend names: each directory's own name, or its path where names repeat."""
-    names = [d.name or str(d) for d in dirs]
-    return names if len(set(names)) == len(names) else [str(d) for d in dirs]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rlmem plot",
         description="Plot training curves of run directories from their TensorBoard scalars.",
     )
-    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (or folders of runs)")
     parser.add_argument("--tags", nargs="+", default=None, help="scalar tags, one panel each")
     parser.add_argument(
         "--out",
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.smooth < 1:
         parser.error(f"--smooth must be in [0, 1), got {args.smooth}")
     try:
-        runs = {name: read_scalars(d) for name, d in zip(run_names(args.runs), args.runs)}
+        runs = {name: read_scalars(folder) for name, folder in find_runs(args.runs).items()}
         if args.list:
             for name, curves in runs.items():
                 print(f"{name}:")
@@ -165,9 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {tag:40s} {len(steps)} points, steps {steps[0]}..{steps[-1]}")
             return 0
         tags = pick_tags(runs, args.tags)
-        out = args.out or (
-            args.runs[0] / "curves.png" if len(args.runs) == 1 else Path("curves.png")
-        )
+        one_run = len(runs) == 1 and len(args.runs) == 1
+        out = args.out or (args.runs[0] / "curves.png" if one_run else Path("curves.png"))
         print(f"wrote {plot(runs, tags, out, args.smooth)} ({', '.join(tags)})")
     except (FileNotFoundError, ValueError, ImportError) as err:
         print(f"rlmem plot: {err}", file=sys.stderr)

@@ -10,7 +10,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from rlmem.cli import main as rlmem_main
-from rlmem.plot import DEFAULT_TAGS, pick_tags, read_scalars, smooth
+from rlmem.plot import DEFAULT_TAGS, find_runs, pick_tags, read_scalars, smooth
 
 
 def _log(folder, scalars: dict[str, list[tuple[int, float]]], purge_step=None) -> None:
@@ -24,7 +24,8 @@ def _log(folder, scalars: dict[str, list[tuple[int, float]]], purge_step=None) -
 def test_reads_every_tag_of_a_run_from_its_tb_folder(tmp_path):
     run = tmp_path / "lm"
     _log(run / "tb", {"train/loss": [(s, 5.0 - s) for s in range(4)], "val/loss": [(3, 2.5)]})
-    curves = read_scalars(run)
+    assert find_runs([run]) == {"lm": run / "tb"}  # an LM run's tb/ goes by the run's name
+    curves = read_scalars(run / "tb")
     assert set(curves) == {"train/loss", "val/loss"}
     steps, values = curves["train/loss"]
     assert steps.tolist() == [0, 1, 2, 3] and values.tolist() == [5.0, 4.0, 3.0, 2.0]
@@ -38,8 +39,22 @@ def test_a_resumed_run_keeps_the_curve_it_resumed_from(tmp_path):
     _log(run, {"charts/episodic_return": [(s, 0.0) for s in range(10)]})
     _log(run, {"charts/episodic_return": [(s, 1.0) for s in range(5, 8)]}, purge_step=5)
     steps, values = read_scalars(run)["charts/episodic_return"]
+    assert find_runs([run]) == {"ppo": run}  # both processes' files: one run
     assert steps.tolist() == list(range(8))
     assert values.tolist() == [0.0] * 5 + [1.0] * 3
+
+
+def test_a_folder_of_runs_stands_for_each_and_repeated_names_become_paths(tmp_path):
+    for run in ("a/gru", "a/hqlt-sync/tb", "b/gru"):
+        _log(tmp_path / run, {"train/loss": [(0, 1.0)]})
+    assert find_runs([tmp_path / "a"]) == {
+        "gru": tmp_path / "a/gru",
+        "hqlt-sync": tmp_path / "a/hqlt-sync/tb",
+    }
+    assert set(find_runs([tmp_path / "a/gru", tmp_path / "b/gru"])) == {
+        str(tmp_path / "a/gru"),
+        str(tmp_path / "b/gru"),
+    }
 
 
 def test_tags_default_to_the_known_curves_and_unknown_ones_are_named(tmp_path):
@@ -71,6 +86,8 @@ def test_command_writes_a_png_of_several_runs_and_reports_bad_input(tmp_path, ca
     assert rlmem_main(["plot", *runs, "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "charts/episodic_return" in capsys.readouterr().out
+    assert rlmem_main(["plot", runs[1]]) == 0  # one run: its own curves.png
+    assert (tmp_path / "hqlt-sync" / "curves.png").exists()
 
     assert rlmem_main(["plot", runs[0], "--list"]) == 0
     assert "20 points, steps 0..19" in capsys.readouterr().out
