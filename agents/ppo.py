@@ -492,6 +492,8 @@ def print_summary(summary: dict) -> None:
     for key, value in summary.items():
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"  {key:18s} {text}")
+    if summary.get("run_dir"):
+        print(f"curves: rlmem plot {summary['run_dir']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -397,7 +397,28 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device) -> dict:
     }
     if dist.is_main:
         atomic_write_text(run_dir / "results.json", json.dumps(result, indent=1))
+        log(run_summary(result, best_val, run_dir))
     return result
+
+
+def run_summary(result: dict, best_val: float, run_dir: Path) -> str:
+    """The end-of-run summary: where training got to, and where its files and curves are."""
+    lines = [f"\nrun summary ({result['core']}, step {result['step']})"]
+    recent = [loss for _, loss in result["history"][-10:]]
+    if recent:
+        mean = sum(recent) / len(recent)
+        lines.append(f"  train loss     {mean:.4f} (mean of the last {len(recent)} steps)")
+    if "val_loss" in result:
+        lines.append(
+            f"  val loss       {result['val_loss']:.4f} (ppl {result['val_ppl']:.2f}, "
+            f"{result['val_bpb']:.3f} bits/byte; best {best_val:.4f})"
+        )
+    if result["tokens_per_s"]:
+        mfu = "" if result["mfu"] is None else f", MFU {100 * result['mfu']:.1f}%"
+        lines.append(f"  throughput     {result['tokens_per_s']:,.0f} tokens/s{mfu}")
+    lines.append(f"  run dir        {run_dir} (checkpoint, results.json, TensorBoard in tb/)")
+    lines.append(f"curves: rlmem plot {run_dir}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -325,6 +325,7 @@ def train_task(cfg: TaskConfig) -> dict:
     )
     if run_dir:
         atomic_write_text(run_dir / "results.json", json.dumps(result, indent=1))
+        print(f"curves: rlmem plot {run_dir}")
     return result
 
 

@@ -79,7 +79,11 @@ def test_cli_train_generate_eval(corpus, tmp_path, capsys):
     args += " --no-progress-bar --eval-batches 1 --val-fraction 0.2"
     paths = ["--data", str(corpus), "--data-cache", str(tmp_path / "cache"), "--run-dir", str(run)]
     assert cli.main(["train", *args.split(), *paths]) == 0
-    assert "val loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    summary = out[out.index("run summary (gru, step 3)") :]  # the end summary, in order
+    for line in ("train loss", "val loss", "tokens/s", f"run dir        {run}"):
+        assert line in summary
+    assert summary.rstrip().endswith(f"curves: rlmem plot {run}")
     sample = ["--prompt", "the quick", "--max-new-tokens", "5", "--num-samples", "2"]
     assert cli.main(["generate", str(run), *sample]) == 0
     out = capsys.readouterr().out

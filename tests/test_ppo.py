@@ -235,7 +235,8 @@ def run_args(tmp_path, *extra):
 def test_train_checkpoint_resume_and_eval(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     assert ppo.main(run_args(tmp_path, "--total-steps", "192", "--checkpoint-every", "2")) == 0
-    assert "run summary" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "run summary" in out and out.rstrip().endswith(f"curves: rlmem plot {run_dir}")
     ckpt = load_checkpoint(run_dir)
     assert (ckpt["update"], ckpt["global_step"]) == (3, 192)
     assert read_config(run_dir)["num_envs"] == 4
