@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from rlmem.graphs import warm_up_on_side_stream
 from rlmem.kernels.delta_rule.reference import delta_rule_chunked, delta_rule_step_reference
 from rlmem.kernels.delta_rule.triton_chunk import delta_rule_triton
 from rlmem.kernels.delta_rule.triton_step import delta_rule_step_triton
@@ -306,12 +307,9 @@ def bench_swa(B, T, H, D, W, with_peer=True):
 
 def graphed(fn):
     """fn captured in a CUDA graph (after a warm-up on a side stream) -> its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
+    sync = warm_up_on_side_stream(fn, times=3)
+    if sync is not None:
+        raise RuntimeError(f"cannot capture a step that synchronises with the host ({sync})")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()

@@ -75,15 +75,15 @@ class TextStream:
     def __call__(self, next_id: torch.Tensor) -> None:
         self.ids.append(int(next_id[0]))
         text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return
-        if text.startswith(self.shown):
-            self.emit(text[len(self.shown) :])
-        self.shown = text
+        if not text.endswith("\ufffd"):
+            self._show(text)
 
     def flush(self) -> None:
         """Emits what is left (a character still cut short at the end, as U+FFFD)."""
-        text = self.tokenizer.decode(self.ids)
+        self._show(self.tokenizer.decode(self.ids))
+
+    def _show(self, text: str) -> None:
+        """Emits what `text` adds to the text shown so far (nothing if it adds nothing)."""
         if text.startswith(self.shown) and len(text) > len(self.shown):
             self.emit(text[len(self.shown) :])
         self.shown = text

@@ -63,9 +63,11 @@ def groups_for(
         sms = device_sm_count(device)
         rows, min_chunks = (2 * sms, 16) if one_program_maps else (sms, 8)
         G = 1
-        while rows >= B * H * G * 2 and T % (G * 2 * chunk) == 0:
-            if T // (G * 2 * chunk) < min_chunks:
-                break
+        while (
+            rows >= B * H * G * 2
+            and T % (G * 2 * chunk) == 0
+            and T // (G * 2 * chunk) >= min_chunks
+        ):
             G *= 2
         return 1 if one_program_maps and G < 4 else G
     if not setting.isdigit():
